@@ -1,0 +1,615 @@
+"""``BybitCancelClient``: lifecycle and orchestration. No parsing, signing or URL logic here.
+
+The flow of one cancel (docs/architecture.md):
+
+1. validate the input (``ValueError`` before any I/O);
+2. register the pending cancel in the core **before** the REST request, so a push that beats the
+   acknowledgement is not lost;
+3. ``POST /v5/order/cancel``; "order does not exist" (110001/170213) is ambiguous, so look the order
+   up and return its real final state, or raise ``OrderNotFound`` when nobody knows it;
+4. park on the entry's waiter until the stream delivers a final state; when no push comes within
+   ``push_grace`` (lost push, dead stream), look the order up over REST with backoff;
+5. the whole call is bounded by ``timeout``; every exit path removes the pending entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from ._core import CancelTracker, Pending
+from ._exceptions import (
+    NOT_FOUND_RET_CODES,
+    BybitAPIError,
+    BybitError,
+    ClientClosedError,
+    ConfirmationTimeout,
+    HTTPStatusError,
+    OrderNotFound,
+    RateLimitError,
+    TransportError,
+)
+from ._models import CancelResult, WireOrder
+from ._rest import Clock, RestClient, RestStats
+from ._signing import Credentials, redact_key
+from ._stream import ConnectionState, PrivateStream
+from ._urls import resolve_urls
+
+__all__ = ["BybitCancelClient", "cancel_and_confirm"]
+
+log = logging.getLogger("bybit_cancel")
+
+CATEGORIES = frozenset({"linear", "inverse", "spot", "option"})
+# orderFilter is spot only for a cancel (bybit-protocol.md §6).
+SPOT_ORDER_FILTERS = frozenset({"Order", "tpslOrder", "StopOrder"})
+# orderLinkId: at most 36 characters of letters, digits, "-" and "_" (§6, create-order.mdx).
+_LINK_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
+_SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_.-]*")
+
+Waiter = asyncio.Future[None]
+
+
+class _State(enum.Enum):
+    UNOPENED = 1
+    OPEN = 2
+    CLOSED = 3
+
+
+def validate_cancel(
+    *,
+    category: str,
+    symbol: str,
+    order_id: str | None,
+    order_link_id: str | None,
+    order_filter: str | None,
+    timeout: float,
+) -> dict[str, str]:
+    """Check a cancel's arguments and build the request body. Raises ``ValueError``; no I/O."""
+    if not category:
+        raise ValueError("category is required (linear, inverse, spot or option)")
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}: use linear, inverse, spot or option")
+    if not symbol or not isinstance(symbol, str):
+        raise ValueError("symbol is required, e.g. 'BTCUSDT'")
+    if not _SYMBOL.fullmatch(symbol):
+        raise ValueError(
+            f"symbol must be upper case, as Bybit lists it (e.g. 'BTCUSDT'): {symbol!r}"
+        )
+    if not order_id and not order_link_id:
+        raise ValueError("give order_id or order_link_id")
+    if order_id is not None and (not isinstance(order_id, str) or not order_id):
+        raise ValueError("order_id must be a non-empty string")
+    if order_link_id is not None and not (
+        isinstance(order_link_id, str) and _LINK_ID.fullmatch(order_link_id)
+    ):
+        raise ValueError("order_link_id must be 1-36 characters of letters, digits, '-' or '_'")
+    if order_filter is not None:
+        if category != "spot":
+            raise ValueError("order_filter applies to spot orders only")
+        if order_filter not in SPOT_ORDER_FILTERS:
+            raise ValueError(f"order_filter must be one of {sorted(SPOT_ORDER_FILTERS)}")
+    if not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    body = {"category": category, "symbol": symbol}
+    if order_id:
+        body["orderId"] = order_id
+    if order_link_id:
+        body["orderLinkId"] = order_link_id
+    if order_filter is not None:
+        body["orderFilter"] = order_filter
+    return body
+
+
+class BybitCancelClient:
+    """Cancel Bybit v5 orders and await their confirmed final state.
+
+    Use it as an async context manager; entering connects the private stream (auth, then subscribe
+    to ``order``, each waiting for its reply)::
+
+        async with BybitCancelClient(api_key=key, api_secret=secret) as client:
+            result = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=oid)
+
+    Args:
+        api_key, api_secret: the API credentials (HMAC). The secret is never logged or shown.
+        testnet, demo: pick Bybit's testnet and/or demo-trading hosts.
+        rest_url, ws_url: override the hosts completely (e.g. a :class:`~bybit_cancel.testing.FakeExchange`).
+        recv_window: ``X-BAPI-RECV-WINDOW`` in ms.
+        session: a caller-owned ``aiohttp.ClientSession``; used, never closed.
+        push_grace: seconds to wait for the websocket push after the ack before asking REST.
+        ping_interval: seconds between heartbeats; two missed pongs mean a dead stream.
+        http_timeout: seconds for one HTTP request before it counts as failed and is retried.
+        max_retries: re-sends after network errors, HTTP 5xx, 429 or 10006.
+        handshake_timeout: seconds for the websocket connect, auth and subscribe.
+        reconnect_backoff: (base, cap) seconds of the reconnect backoff (full jitter).
+        recent_size, recent_age: bound of the memory of recent final states.
+        seed: seed of the jitter, for reproducible tests.
+
+    Raises:
+        ValueError: bad arguments (before any I/O).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_secret: str,
+        testnet: bool = False,
+        demo: bool = False,
+        rest_url: str | None = None,
+        ws_url: str | None = None,
+        recv_window: int = 5000,
+        session: aiohttp.ClientSession | None = None,
+        push_grace: float = 1.0,
+        ping_interval: float = 20.0,
+        http_timeout: float = 5.0,
+        max_retries: int = 5,
+        handshake_timeout: float = 10.0,
+        reconnect_backoff: tuple[float, float] = (0.1, 10.0),
+        recent_size: int = 10_000,
+        recent_age: float = 600.0,
+        seed: int | None = None,
+    ) -> None:
+        self._creds = Credentials(api_key, api_secret)
+        self._rest_url, self._ws_url = resolve_urls(
+            testnet=testnet, demo=demo, rest_url=rest_url, ws_url=ws_url
+        )
+        if not isinstance(recv_window, int) or recv_window <= 0:
+            raise ValueError("recv_window must be a positive number of milliseconds")
+        for name, value in (
+            ("push_grace", push_grace),
+            ("ping_interval", ping_interval),
+            ("http_timeout", http_timeout),
+            ("handshake_timeout", handshake_timeout),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive")
+        self._recv_window = recv_window
+        self._session = session
+        self._owns_session = session is None
+        self._push_grace = push_grace
+        self._ping_interval = ping_interval
+        self._http_timeout = http_timeout
+        self._max_retries = max_retries
+        self._handshake_timeout = handshake_timeout
+        self._reconnect_backoff = reconnect_backoff
+        self._rng = random.Random(seed)
+        self._tracker: CancelTracker[Waiter] = CancelTracker(
+            recent_size=recent_size, recent_age=recent_age
+        )
+        self._clock = Clock()
+        self._state = _State.UNOPENED
+        self._failure: BybitError | None = None
+        self._rest: RestClient | None = None
+        self._stream: PrivateStream | None = None
+        self._reconcile_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<BybitCancelClient api_key={redact_key(self._creds.api_key)!r} "
+            f"rest={self._rest_url!r} state={self._state.name.lower()} pending={len(self._tracker)}>"
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Connect the private stream: auth and subscribe, each waiting for its reply.
+
+        Raises:
+            AuthenticationError: the exchange refused the websocket auth.
+            TransportError: the stream could not be reached or did not answer in time.
+            RuntimeError: the client was opened before.
+        """
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError("a BybitCancelClient cannot be opened twice; create a new one")
+        self._loop = asyncio.get_running_loop()
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        self._rest = RestClient(
+            self._session,
+            self._rest_url,
+            self._creds,
+            recv_window=self._recv_window,
+            clock=self._clock,
+            http_timeout=self._http_timeout,
+            max_retries=self._max_retries,
+            rng=self._rng,
+        )
+        self._stream = PrivateStream(
+            self._ws_url,
+            self._creds,
+            now_ms=self._clock.now_ms,
+            on_orders=self._on_push,
+            on_reconnected=self._on_reconnected,
+            on_failed=self._on_stream_failed,
+            resync_clock=self._rest.resync_clock,
+            ping_interval=self._ping_interval,
+            handshake_timeout=self._handshake_timeout,
+            # Bybit rejects an `expires` already in the past; pybit's +1 s fails on some
+            # machines, +10 s works (§3 Auth request).
+            auth_expiry_ms=10_000,
+            reconnect_backoff=self._reconnect_backoff,
+            rng=self._rng,
+        )
+        self._state = _State.OPEN
+        try:
+            await self._stream.open()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the client. Idempotent, and safe to call with cancels pending.
+
+        Every pending ``cancel_order`` fails with :class:`ClientClosedError`; the stream task stops,
+        the socket closes, and the session closes if the client created it.
+        """
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._fail_pending(
+            ClientClosedError("the client was closed before the cancel was confirmed")
+        )
+        task, self._reconcile_task = self._reconcile_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._stream is not None:
+            await self._stream.close()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    # -- observability -------------------------------------------------------------------------
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        """The private stream's state (connected, reconnecting, failed, closed...)."""
+        if self._stream is None:
+            return ConnectionState.DISCONNECTED
+        return self._stream.state
+
+    @property
+    def reconnect_count(self) -> int:
+        """How many times the private stream reconnected."""
+        return 0 if self._stream is None else self._stream.reconnects
+
+    @property
+    def pending_count(self) -> int:
+        """Cancels awaiting confirmation right now."""
+        return len(self._tracker)
+
+    @property
+    def rest_stats(self) -> RestStats:
+        """REST request, retry, rate-limit-wait and clock-resync counters."""
+        if self._rest is None:
+            return RestStats()
+        return self._rest.stats
+
+    # -- the call ------------------------------------------------------------------------------
+
+    async def cancel_order(
+        self,
+        *,
+        category: str,
+        symbol: str,
+        order_id: str | None = None,
+        order_link_id: str | None = None,
+        order_filter: str | None = None,
+        timeout: float = 10.0,
+        on_ack: Callable[[str, str], None] | None = None,
+    ) -> CancelResult:
+        """Cancel an order and return its confirmed final state.
+
+        The result's ``status`` is the truth: ``Cancelled``, ``PartiallyFilledCanceled`` or
+        ``Deactivated`` when the cancel took effect, ``Filled`` or ``Rejected`` when the order ended
+        otherwise first (``result.cancelled`` tells them apart). ``order_id`` wins when both ids
+        are given, as on Bybit. ``on_ack``, if given, is called with ``(order_id, order_link_id)``
+        when Bybit acknowledges the request (which is not yet the outcome).
+
+        Cancelling the awaiting task is safe: the pending entry is removed and nothing is left
+        behind. The cancel request itself may already have reached Bybit.
+
+        Raises:
+            ValueError: bad arguments (no request is sent).
+            OrderNotFound: Bybit has no such order (the cancel said so and no lookup knows it).
+            AuthenticationError: the credentials were refused.
+            BybitAPIError: any other non-zero ``retCode`` (``ret_code``, ``ret_msg``).
+            HTTPStatusError: HTTP 403 (IP ban) or repeated 5xx.
+            TransportError: the network kept failing past the retries.
+            ConfirmationTimeout: no final state within ``timeout`` seconds.
+            ClientClosedError: the client was closed while the call was pending.
+            RuntimeError: the client is not open.
+        """
+        body = validate_cancel(
+            category=category,
+            symbol=symbol,
+            order_id=order_id,
+            order_link_id=order_link_id,
+            order_filter=order_filter,
+            timeout=timeout,
+        )
+        if self._state is not _State.OPEN:
+            raise RuntimeError("the client is not open: use `async with BybitCancelClient(...)`")
+        if self._failure is not None:
+            raise self._failure
+        loop = self._loop
+        assert loop is not None
+        started = self._tracker.start(
+            loop.create_future(),
+            category=category,
+            symbol=symbol,
+            order_id=order_id,
+            order_link_id=None if order_id else order_link_id,
+            now=time.monotonic(),
+        )
+        if isinstance(started, CancelResult):
+            return started
+        entry = started
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                return await self._confirm(entry, body, order_filter, on_ack)
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise
+            raise ConfirmationTimeout(
+                order_id=entry.order_id or None,
+                order_link_id=entry.order_link_id or order_link_id,
+                last_status=entry.last_status,
+                acknowledged=entry.acknowledged,
+                timeout=timeout,
+            ) from exc
+        except asyncio.CancelledError:
+            # aclose() cancels callers that are inside a REST call; turn our own cancellation
+            # into the promised error, and let any other cancellation through.
+            task = asyncio.current_task()
+            if entry.error is not None and task is not None and task.uncancel() == 0:
+                raise entry.error from None
+            raise
+        finally:
+            self._tracker.forget(entry)
+            waiter = entry.waiter
+            if not waiter.done():
+                waiter.cancel()
+
+    async def _confirm(
+        self,
+        entry: Pending[Waiter],
+        body: dict[str, str],
+        order_filter: str | None,
+        on_ack: Callable[[str, str], None] | None,
+    ) -> CancelResult:
+        rest = self._rest
+        assert rest is not None
+        entry.owner = asyncio.current_task()
+        try:
+            ack = await rest.cancel(body)
+        except BybitAPIError as exc:
+            if exc.ret_code not in NOT_FOUND_RET_CODES:
+                raise
+            entry.owner = None
+            return await self._resolve_not_found(entry, exc, order_filter)
+        finally:
+            entry.owner = None
+        if on_ack is not None:
+            on_ack(ack.order_id, ack.order_link_id)
+        outcome = self._outcome(entry)
+        if outcome is not None:
+            return outcome  # the push beat the ack
+        known = self._tracker.acknowledge(
+            entry, order_id=ack.order_id, order_link_id=ack.order_link_id, now=time.monotonic()
+        )
+        if known is not None:
+            return known
+        return await self._await_final(entry, order_filter)
+
+    def _outcome(self, entry: Pending[Waiter]) -> CancelResult | None:
+        if entry.error is not None:
+            raise entry.error
+        return entry.result
+
+    async def _park(self, entry: Pending[Waiter], delay: float) -> CancelResult | None:
+        """Wait up to ``delay`` for the entry to be resolved; no task, one timer handle."""
+        waiter = entry.waiter
+        if not waiter.done():
+            handle = waiter.get_loop().call_later(delay, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                handle.cancel()
+        outcome = self._outcome(entry)
+        if outcome is None:
+            entry.waiter = waiter.get_loop().create_future()
+        return outcome
+
+    async def _await_final(self, entry: Pending[Waiter], order_filter: str | None) -> CancelResult:
+        delay = self._push_grace
+        while True:
+            outcome = await self._park(entry, delay)
+            if outcome is not None:
+                return outcome
+            # No push within the grace: lost push or dead stream. Ask REST (§12.1).
+            await self._lookup(entry, order_filter)
+            outcome = self._outcome(entry)
+            if outcome is not None:
+                return outcome
+            delay = min(delay * 2, 5.0)
+
+    async def _lookup(
+        self, entry: Pending[Waiter], order_filter: str | None, *, owned: bool = True
+    ) -> WireOrder | None:
+        """Look the entry's order up and feed the answer to the core. Transient failures are
+        logged and left for the next round (the caller's deadline bounds the loop).
+
+        ``owned``: called from the entry's own caller task (not the reconcile task)."""
+        rest = self._rest
+        assert rest is not None
+        if owned:
+            entry.owner = asyncio.current_task()
+        try:
+            order = await rest.find_order(
+                category=entry.category,
+                symbol=entry.symbol,
+                order_id=entry.order_id,
+                order_link_id=entry.order_link_id,
+                order_filter=order_filter,
+            )
+        except (TransportError, HTTPStatusError, RateLimitError) as exc:
+            if isinstance(exc, HTTPStatusError) and exc.status == 403:
+                raise
+            log.debug("order lookup failed, will retry: %s", exc)
+            return None
+        finally:
+            if owned:
+                entry.owner = None
+        if order is not None:
+            self._deliver(self._tracker.on_orders([order], "rest", time.monotonic()))
+        return order
+
+    async def _resolve_not_found(
+        self, entry: Pending[Waiter], exc: BybitAPIError, order_filter: str | None
+    ) -> CancelResult:
+        # 110001/170213 is not proof: the order may have just filled or been cancelled (§12.1).
+        outcome = self._outcome(entry)
+        if outcome is not None:
+            return outcome
+        order = await self._lookup(entry, order_filter)
+        outcome = self._outcome(entry)
+        if outcome is not None:
+            return outcome
+        if order is None:
+            raise OrderNotFound(exc.ret_code, exc.ret_msg) from None
+        # Bybit knows the order and it is still open, yet it would not cancel it: a cancel aimed
+        # at the wrong spot book (orderFilter, §6) or one racing a fill. Give the race a chance.
+        entry.acknowledged = False
+        outcome = await self._park(entry, self._push_grace)
+        if outcome is None:
+            await self._lookup(entry, order_filter)
+            outcome = self._outcome(entry)
+        if outcome is not None:
+            return outcome
+        raise BybitAPIError(
+            exc.ret_code,
+            f"{exc.ret_msg} (yet the order is {entry.last_status}: for spot TP/SL and conditional "
+            "orders pass order_filter)",
+        ) from None
+
+    # -- callbacks from the stream (on the stream task) ----------------------------------------
+
+    def _on_push(self, orders: list[WireOrder]) -> None:
+        resolved = self._tracker.on_orders(orders, "websocket", time.monotonic())
+        if resolved:
+            self._deliver(resolved)
+
+    @staticmethod
+    def _deliver(resolved: list[Pending[Waiter]]) -> None:
+        for entry in resolved:
+            waiter = entry.waiter
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _on_reconnected(self) -> None:
+        # Bybit replays nothing missed while disconnected (§12.4): look every pending cancel up.
+        old = self._reconcile_task
+        if old is not None:
+            old.cancel()
+        loop = self._loop
+        assert loop is not None
+        self._reconcile_task = loop.create_task(self._reconcile(), name="bybit_cancel.reconcile")
+
+    def _on_stream_failed(self, exc: BybitError) -> None:
+        self._failure = exc
+        self._fail_pending(exc)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for entry in self._tracker.fail_all(exc):
+            waiter = entry.waiter
+            if not waiter.done():
+                waiter.set_result(None)
+            owner = entry.owner
+            if isinstance(owner, asyncio.Task):
+                # The owner is inside a REST call (perhaps sleeping in a backoff): interrupt it;
+                # cancel_order turns this cancellation into `exc`.
+                owner.cancel()
+
+    async def _reconcile(self) -> None:
+        entries = self._tracker.pending()
+        if not entries:
+            return
+        log.info("reconciling %d pending cancels over REST after a reconnect", len(entries))
+        queue = iter(entries)
+
+        async def worker() -> None:
+            for entry in queue:
+                if entry.result is None and entry.error is None:
+                    try:
+                        await self._lookup(entry, None, owned=False)
+                    except BybitError as exc:
+                        log.warning("reconcile lookup failed: %s", exc)
+
+        # A few lookups at a time: /v5/order/realtime allows 50 requests/s (§7).
+        await asyncio.gather(*(worker() for _ in range(min(8, len(entries)))))
+
+
+def _wake(waiter: Waiter) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def cancel_and_confirm(
+    *,
+    api_key: str,
+    api_secret: str,
+    category: str,
+    symbol: str,
+    order_id: str | None = None,
+    order_link_id: str | None = None,
+    order_filter: str | None = None,
+    timeout: float = 10.0,
+    **client_options: Any,
+) -> CancelResult:
+    """One-shot helper: open a client, cancel one order, await its final state, close.
+
+    Takes the arguments of :meth:`BybitCancelClient.cancel_order` plus any of the client's options
+    (``testnet``, ``demo``, ``rest_url``, ``ws_url``, ``session``...). Raises what they raise.
+    For more than one cancel, keep a :class:`BybitCancelClient` open instead.
+    """
+    validate_cancel(
+        category=category,
+        symbol=symbol,
+        order_id=order_id,
+        order_link_id=order_link_id,
+        order_filter=order_filter,
+        timeout=timeout,
+    )
+    async with BybitCancelClient(api_key=api_key, api_secret=api_secret, **client_options) as c:
+        return await c.cancel_order(
+            category=category,
+            symbol=symbol,
+            order_id=order_id,
+            order_link_id=order_link_id,
+            order_filter=order_filter,
+            timeout=timeout,
+        )

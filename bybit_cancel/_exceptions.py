@@ -1,0 +1,146 @@
+"""Exceptions raised by :mod:`bybit_cancel`.
+
+The tree::
+
+    BybitError
+    ├── BybitAPIError               the exchange answered with a non-zero retCode
+    │   ├── AuthenticationError     10003 / 10004 / 10005 / 10010 / 33004, or a refused websocket auth
+    │   ├── OrderNotFound           the exchange has no such order at all (after a REST lookup)
+    │   └── RateLimitError          10006 / HTTP 429 and the deadline left no room to wait
+    ├── HTTPStatusError             a non-200 HTTP answer without a Bybit envelope (403 IP ban, 5xx)
+    ├── TransportError              the network failed (connection refused, reset, HTTP timeout)
+    ├── ClientClosedError           the client was closed while the call was pending
+    └── ConfirmationTimeout         (also a TimeoutError) no final state within the call's timeout
+
+Messages never contain the API secret or a signature.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BybitAPIError",
+    "BybitError",
+    "ClientClosedError",
+    "ConfirmationTimeout",
+    "HTTPStatusError",
+    "OrderNotFound",
+    "RateLimitError",
+    "TransportError",
+    "error_from_ret_code",
+]
+
+# retCodes that mean the credentials, their permissions or their binding are wrong
+# (bybit-protocol.md §6 "retCodes seen on cancel"). Retrying cannot help.
+AUTH_RET_CODES = frozenset({10003, 10004, 10005, 10010, 33004, -2015})
+# "Order does not exist" on REST: 110001 for derivatives, 170213 for spot. Ambiguous: the order may have
+# just filled or been cancelled (bybit-protocol.md §12.1), so the client looks it up before believing it.
+NOT_FOUND_RET_CODES = frozenset({110001, 170213})
+RATE_LIMIT_RET_CODES = frozenset({10006, 10018})
+
+
+class BybitError(Exception):
+    """Root of every error this library raises (except ``ValueError`` for bad input)."""
+
+
+class BybitAPIError(BybitError):
+    """The exchange answered with a non-zero ``retCode``.
+
+    Attributes:
+        ret_code: Bybit's ``retCode``.
+        ret_msg: Bybit's ``retMsg``, as sent.
+    """
+
+    def __init__(self, ret_code: int, ret_msg: str) -> None:
+        super().__init__(ret_code, ret_msg)
+        self.ret_code = ret_code
+        self.ret_msg = ret_msg
+
+    def __str__(self) -> str:
+        return f"retCode {self.ret_code}: {self.ret_msg}"
+
+
+class AuthenticationError(BybitAPIError):
+    """The exchange refused the credentials (REST 10003/10004/10005/10010, or websocket auth)."""
+
+
+class OrderNotFound(BybitAPIError):
+    """The exchange has no such order: the cancel said so and neither REST lookup knows it."""
+
+
+class RateLimitError(BybitAPIError):
+    """Bybit throttled the request (10006 or HTTP 429) and the deadline left no time to wait."""
+
+
+class HTTPStatusError(BybitError):
+    """A non-200 HTTP answer that carries no Bybit envelope (HTTP 403 IP ban, 5xx, 404).
+
+    Attributes:
+        status: the HTTP status code.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status}: {self.message}"
+
+
+class TransportError(BybitError):
+    """The network failed: connection refused or reset, or the HTTP request timed out."""
+
+
+class ClientClosedError(BybitError):
+    """The client was closed (or lost its stream for good) while the call was pending."""
+
+
+class ConfirmationTimeout(BybitError, TimeoutError):
+    """No final state was confirmed within the call's ``timeout``.
+
+    The cancel may or may not have happened: look at :attr:`last_status`.
+
+    Attributes:
+        order_id: the order id, when known (given, or learnt from the acknowledgement).
+        order_link_id: the client order id, when known.
+        last_status: the last ``orderStatus`` seen for the order (``None`` if nothing was seen).
+        acknowledged: whether Bybit acknowledged the cancel request.
+    """
+
+    def __init__(
+        self,
+        *,
+        order_id: str | None,
+        order_link_id: str | None,
+        last_status: str | None,
+        acknowledged: bool,
+        timeout: float,
+    ) -> None:
+        super().__init__(order_id, order_link_id, last_status)
+        self.order_id = order_id
+        self.order_link_id = order_link_id
+        self.last_status = last_status
+        self.acknowledged = acknowledged
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        ident = self.order_id or self.order_link_id
+        ack = "acknowledged" if self.acknowledged else "not acknowledged"
+        return (
+            f"no final state for order {ident} within {self.timeout:g}s "
+            f"(cancel {ack}, last status seen: {self.last_status or 'none'})"
+        )
+
+
+def error_from_ret_code(ret_code: int, ret_msg: str) -> BybitAPIError:
+    """Return the most specific exception for a non-zero ``retCode``.
+
+    "Order does not exist" (110001/170213) maps to a plain :class:`BybitAPIError`: it is not proof that
+    the order never existed, so only the client, after a lookup, raises :class:`OrderNotFound`.
+    """
+    if ret_code in AUTH_RET_CODES:
+        return AuthenticationError(ret_code, ret_msg)
+    if ret_code in RATE_LIMIT_RET_CODES:
+        return RateLimitError(ret_code, ret_msg)
+    return BybitAPIError(ret_code, ret_msg)

@@ -1,0 +1,284 @@
+"""websockets adapter: the private ``order`` stream, its heartbeat and its reconnects.
+
+One owned supervisor task per open client reads frames, keeps the heartbeat and, when the
+connection dies, reconnects with exponential backoff and jitter. Each (re)connection authenticates,
+**waits for the auth reply**, subscribes, **waits for the subscribe reply** (§3, §12.5: subscribing
+before the auth ack is refused), and only then counts as connected. Bybit replays nothing that was
+pushed while a connection was down (§12.4), so the owner is told after every reconnect and looks the
+pending cancels up over REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from ._exceptions import AuthenticationError, BybitAPIError, BybitError, TransportError
+from ._models import WireOrder, WsMessage, encoder, ws_decoder
+from ._signing import Credentials, ws_auth_args
+
+__all__ = ["ConnectionState", "PrivateStream"]
+
+log = logging.getLogger("bybit_cancel")
+
+# A refused websocket auth carries no retCode on /v5/private, only ret_msg "Params Error" (§3).
+WS_AUTH_REFUSED = -1
+
+
+class ConnectionState(enum.StrEnum):
+    """State of the private stream."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class _Dead(Exception):
+    """The heartbeat found the connection silent."""
+
+
+class PrivateStream:
+    """The private websocket, owned by a client.
+
+    Args:
+        on_orders: called (synchronously, on the reader task) with each push's ``data[]``.
+        on_reconnected: called after every successful reconnect (not after the first connect).
+        on_failed: called once if the stream gives up for good (auth refused on a reconnect).
+        resync_clock: measures Bybit's clock; called once before retrying a refused auth.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        creds: Credentials,
+        *,
+        now_ms: Callable[[], int],
+        on_orders: Callable[[list[WireOrder]], None],
+        on_reconnected: Callable[[], None],
+        on_failed: Callable[[BybitError], None],
+        resync_clock: Callable[[], Awaitable[None]] | None,
+        ping_interval: float,
+        handshake_timeout: float,
+        auth_expiry_ms: int,
+        reconnect_backoff: tuple[float, float],
+        rng: random.Random,
+    ) -> None:
+        self._url = url
+        self._creds = creds
+        self._now_ms = now_ms
+        self._on_orders = on_orders
+        self._on_reconnected = on_reconnected
+        self._on_failed = on_failed
+        self._resync_clock = resync_clock
+        self._ping_interval = ping_interval
+        self._handshake_timeout = handshake_timeout
+        self._auth_expiry_ms = auth_expiry_ms
+        self._backoff_base, self._backoff_cap = reconnect_backoff
+        self._rng = rng
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_pong = 0.0
+        self._req = 0
+        self.state = ConnectionState.DISCONNECTED
+        self.reconnects = 0
+        self.conn_id = ""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, authenticate and subscribe, then start the supervisor task.
+
+        Raises:
+            AuthenticationError: the exchange refused the websocket auth.
+            TransportError: the connection or the handshake failed or timed out.
+        """
+        self.state = ConnectionState.CONNECTING
+        try:
+            self._ws = await self._connect()
+        except BaseException:
+            self.state = ConnectionState.DISCONNECTED
+            raise
+        self.state = ConnectionState.CONNECTED
+        self._task = asyncio.get_running_loop().create_task(
+            self._supervise(), name="bybit_cancel.stream"
+        )
+
+    async def close(self) -> None:
+        """Stop the supervisor and close the socket. Idempotent; returns promptly."""
+        self.state = ConnectionState.CLOSED
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await _close_ws(ws)
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def _connect(self) -> ClientConnection:
+        try:
+            return await self._connect_once()
+        except AuthenticationError:
+            if self._resync_clock is None:
+                raise
+        # "Params Error" is also what an auth with an expired `expires` gets (§3): a local clock
+        # behind Bybit's by more than the margin. Measure the offset and try once more.
+        log.info("websocket auth refused; resyncing the clock and retrying once")
+        try:
+            await self._resync_clock()
+        except BybitError as exc:
+            log.warning("clock resync failed: %s", exc)
+        return await self._connect_once()
+
+    async def _connect_once(self) -> ClientConnection:
+        try:
+            ws = await connect(
+                self._url,
+                open_timeout=self._handshake_timeout,
+                close_timeout=1.0,
+                # Liveness is the application-level ping/pong Bybit asks for (§3 Heartbeat).
+                ping_interval=None,
+                compression=None,
+                max_queue=None,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            raise TransportError(f"websocket connect failed: {exc!r}") from exc
+        try:
+            async with asyncio.timeout(self._handshake_timeout):
+                expires = self._now_ms() + self._auth_expiry_ms
+                reply = await self._request(ws, "auth", ws_auth_args(self._creds, expires))
+                if not reply.success:
+                    raise AuthenticationError(
+                        WS_AUTH_REFUSED, f"websocket auth refused: {reply.ret_msg}"
+                    )
+                reply = await self._request(ws, "subscribe", ["order"])
+                if not reply.success:
+                    raise BybitAPIError(
+                        WS_AUTH_REFUSED, f"websocket subscribe refused: {reply.ret_msg}"
+                    )
+        except TimeoutError as exc:
+            await _close_ws(ws)
+            raise TransportError("websocket auth/subscribe got no reply in time") from exc
+        except ConnectionClosed as exc:
+            await _close_ws(ws)
+            raise TransportError(f"websocket closed during auth/subscribe: {exc!r}") from exc
+        except BaseException:
+            await _close_ws(ws)
+            raise
+        self.conn_id = reply.conn_id
+        self._last_pong = asyncio.get_running_loop().time()
+        log.info("private stream connected and subscribed to order (conn_id %s)", self.conn_id)
+        return ws
+
+    async def _request(self, ws: ClientConnection, op: str, args: list[str | int]) -> WsMessage:
+        """Send one op and wait for its reply; frames that arrive meanwhile are routed as usual."""
+        self._req += 1
+        req_id = f"{op}-{self._req}"
+        await ws.send(encoder.encode({"req_id": req_id, "op": op, "args": args}).decode())
+        while True:
+            raw = await ws.recv(decode=False)
+            msg = self._route(raw)
+            if msg is not None and msg.op == op:
+                return msg
+
+    # -- supervisor ----------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        while True:
+            ws = self._ws
+            if ws is not None:
+                await self._serve(ws)
+                self._ws = None
+                await _close_ws(ws)
+            self.state = ConnectionState.RECONNECTING
+            attempt += 1
+            # Full jitter; the first retry comes quickly, later ones spread out (Bybit: "Do not
+            # frequently connect and disconnect", §3 Connection limits).
+            cap = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
+            await asyncio.sleep(self._rng.uniform(cap / 2, cap))
+            try:
+                self._ws = await self._connect()
+            except AuthenticationError as exc:
+                log.error("private stream: %s; giving up", exc)
+                self.state = ConnectionState.FAILED
+                self._on_failed(exc)
+                return
+            except (TransportError, BybitAPIError) as exc:
+                log.warning("private stream reconnect %d failed: %s", attempt, exc)
+                continue
+            attempt = 0
+            self.reconnects += 1
+            self.state = ConnectionState.CONNECTED
+            self._on_reconnected()
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        """Read frames until the connection dies (closed, reset or silent)."""
+        heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat(ws), name="bybit_cancel.heartbeat"
+        )
+        route = self._route
+        try:
+            while True:
+                route(await ws.recv(decode=False))
+        except ConnectionClosed as exc:
+            log.warning("private stream closed: %s", exc)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._ping_interval
+        while True:
+            await asyncio.sleep(interval)
+            if loop.time() - self._last_pong > 2 * interval:
+                log.warning("private stream silent for %.1fs (no pong); reconnecting", 2 * interval)
+                # Abort: a silent peer would not answer a closing handshake either.
+                ws.transport.abort()
+                return
+            self._req += 1
+            try:
+                await ws.send(f'{{"req_id":"ping-{self._req}","op":"ping"}}')
+            except ConnectionClosed:
+                return
+
+    def _route(self, raw: bytes | str) -> WsMessage | None:
+        """Decode one frame and act on it. The hot path: no logging above DEBUG, no allocation
+        beyond the decode."""
+        try:
+            msg = ws_decoder.decode(raw)
+        except msgspec.DecodeError:
+            log.debug("ignoring undecodable frame")
+            return None
+        data = msg.data
+        if data is not None:
+            if msg.topic.startswith("order"):
+                self._on_orders(data)
+            return msg
+        # Pong detection as both official SDKs do it: op "pong" or ret_msg "pong" (§3 Heartbeat).
+        if msg.op == "pong" or msg.ret_msg == "pong":
+            self._last_pong = asyncio.get_running_loop().time()
+        return msg
+
+
+async def _close_ws(ws: ClientConnection) -> None:
+    try:
+        async with asyncio.timeout(1.5):
+            await ws.close()
+    except (TimeoutError, OSError, ConnectionClosed):
+        ws.transport.abort()

@@ -1,0 +1,32 @@
+"""Host selection (bybit-protocol.md §2). Pure."""
+
+from __future__ import annotations
+
+__all__ = ["resolve_urls"]
+
+_HOSTS: dict[tuple[bool, bool], tuple[str, str]] = {
+    # (testnet, demo): (REST base, private stream)
+    (False, False): ("https://api.bybit.com", "wss://stream.bybit.com/v5/private"),
+    (True, False): ("https://api-testnet.bybit.com", "wss://stream-testnet.bybit.com/v5/private"),
+    (False, True): ("https://api-demo.bybit.com", "wss://stream-demo.bybit.com/v5/private"),
+    # Demo trading on testnet: the docs advise against it but error 10003 names "testnet-demo" as
+    # an environment, and pybit builds these hosts (§2 "Demo trading").
+    (True, True): (
+        "https://api-demo-testnet.bybit.com",
+        "wss://stream-demo-testnet.bybit.com/v5/private",
+    ),
+}
+
+
+def resolve_urls(
+    *, testnet: bool, demo: bool, rest_url: str | None, ws_url: str | None
+) -> tuple[str, str]:
+    """Return ``(rest_base, ws_url)``. An explicit URL overrides the chosen environment completely."""
+    rest_default, ws_default = _HOSTS[(bool(testnet), bool(demo))]
+    rest = rest_url if rest_url is not None else rest_default
+    ws = ws_url if ws_url is not None else ws_default
+    if not rest.startswith(("http://", "https://")):
+        raise ValueError(f"rest_url must start with http:// or https://, got {rest!r}")
+    if not ws.startswith(("ws://", "wss://")):
+        raise ValueError(f"ws_url must start with ws:// or wss://, got {ws!r}")
+    return rest.rstrip("/"), ws

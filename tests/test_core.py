@@ -1,0 +1,298 @@
+"""The sans-I/O core, tested synchronously: no event loop, no clock, no sockets."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from bybit_cancel import CancelResult, OrderStatus
+from bybit_cancel._core import CancelTracker, Pending
+from bybit_cancel._models import WireOrder, ws_decoder
+
+from .helpers import fixture_bytes
+
+
+def order(
+    order_id: str = "o1",
+    status: str = "Cancelled",
+    *,
+    link: str = "",
+    category: str = "linear",
+    updated: str = "1000",
+    cum: str = "0",
+    leaves: str = "0",
+) -> WireOrder:
+    return WireOrder(
+        order_id=order_id,
+        order_link_id=link,
+        category=category,
+        symbol="BTCUSDT",
+        order_status=status,
+        cancel_type="CancelByUser",
+        reject_reason="EC_PerCancelRequest",
+        cum_exec_qty=cum,
+        leaves_qty=leaves,
+        updated_time=updated,
+    )
+
+
+def start(
+    t: CancelTracker[str], waiter: str = "w1", *, oid: str | None = "o1", link: str | None = None
+) -> Pending[str]:
+    got = t.start(
+        waiter, category="linear", symbol="BTCUSDT", order_id=oid, order_link_id=link, now=0.0
+    )
+    assert isinstance(got, Pending)
+    return got
+
+
+def test_push_resolves_by_order_id() -> None:
+    """A final push for a pending order id resolves it, with the push's fields."""
+    t: CancelTracker[str] = CancelTracker()
+    entry = start(t)
+    [done] = t.on_orders([order(cum="0.5", leaves="0")], "websocket", 1.0)
+    assert done is entry and done.waiter == "w1"
+    assert done.result == CancelResult(
+        order_id="o1",
+        order_link_id="",
+        category="linear",
+        symbol="BTCUSDT",
+        status=OrderStatus.CANCELLED,
+        cancel_type="CancelByUser",
+        reject_reason="EC_PerCancelRequest",
+        cum_exec_qty=Decimal("0.5"),
+        leaves_qty=Decimal(0),
+        updated_time=1000,
+        source="websocket",
+    )
+    assert len(t) == 0
+
+
+def test_push_resolves_by_link_id_when_only_link_given() -> None:
+    """A caller that gave only orderLinkId is matched by it, even before the ack names the id."""
+    t: CancelTracker[str] = CancelTracker()
+    start(t, oid=None, link="my-link")
+    [done] = t.on_orders([order("o9", link="my-link")], "websocket", 1.0)
+    assert done.result is not None and done.result.order_id == "o9"
+    assert len(t) == 0
+
+
+def test_link_id_match_checks_category() -> None:
+    """The same orderLinkId in another category does not resolve the cancel."""
+    t: CancelTracker[str] = CancelTracker()
+    start(t, oid=None, link="my-link")
+    assert t.on_orders([order("o9", link="my-link", category="spot")], "websocket", 1.0) == []
+    assert len(t) == 1
+
+
+def test_ack_links_order_id() -> None:
+    """After the ack names the order id, a push matched by id alone resolves the link-only cancel."""
+    t: CancelTracker[str] = CancelTracker()
+    entry = start(t, oid=None, link="L")
+    assert t.acknowledge(entry, order_id="o7", order_link_id="L", now=0.5) is None
+    [done] = t.on_orders([order("o7", link="")], "websocket", 1.0)
+    assert done is entry
+    assert len(t) == 0 and t.pending() == []
+
+
+def test_non_final_updates_do_not_resolve_and_track_last_status() -> None:
+    """New, PartiallyFilled, Untriggered, Triggered and unknown statuses are not final."""
+    t: CancelTracker[str] = CancelTracker()
+    entry = start(t)
+    for i, status in enumerate(
+        ["New", "PartiallyFilled", "Untriggered", "Triggered", "PendingCancel"]
+    ):
+        assert t.on_orders([order(status=status, updated=str(2000 + i))], "websocket", 1.0) == []
+    assert entry.last_status == "PendingCancel"
+    assert len(t) == 1
+
+
+def test_stale_open_update_is_ignored() -> None:
+    """An open update older than the last seen one does not overwrite it."""
+    t: CancelTracker[str] = CancelTracker()
+    entry = start(t)
+    t.on_orders([order(status="PartiallyFilled", updated="2000")], "websocket", 1.0)
+    t.on_orders([order(status="New", updated="1000")], "websocket", 1.0)
+    assert entry.last_status == "PartiallyFilled"
+
+
+@pytest.mark.parametrize(
+    "status", ["Cancelled", "PartiallyFilledCanceled", "Deactivated", "Filled", "Rejected"]
+)
+def test_every_final_status_resolves(status: str) -> None:
+    """Each of Bybit's five final statuses resolves the pending cancel."""
+    t: CancelTracker[str] = CancelTracker()
+    start(t)
+    [done] = t.on_orders([order(status=status)], "websocket", 1.0)
+    assert done.result is not None and done.result.status == status
+    assert done.result.cancelled is (
+        status in {"Cancelled", "PartiallyFilledCanceled", "Deactivated"}
+    )
+
+
+def test_final_state_is_sticky_double_filled() -> None:
+    """Bybit's second Filled (EC_OrigClOrdIDDoesNotExist) and later pushes change nothing."""
+    t: CancelTracker[str] = CancelTracker()
+    start(t)
+    t.on_orders([order(status="Filled", updated="1000")], "websocket", 1.0)
+    second = order(status="Filled", updated="1001")
+    second.reject_reason = "EC_OrigClOrdIDDoesNotExist"
+    t.on_orders([second], "websocket", 1.1)
+    t.on_orders([order(status="New", updated="999")], "websocket", 1.2)
+    # A new cancel for the same order resolves at once from memory, with the first final state.
+    got = t.start(
+        "w2", category="linear", symbol="BTCUSDT", order_id="o1", order_link_id=None, now=2
+    )
+    assert isinstance(got, CancelResult)
+    assert got.status is OrderStatus.FILLED and got.reject_reason == "EC_PerCancelRequest"
+    assert got.updated_time == 1000
+
+
+def test_push_before_registration_is_remembered() -> None:
+    """A final push that arrived before the cancel was registered resolves it at once."""
+    t: CancelTracker[str] = CancelTracker()
+    t.on_orders([order("o5", link="L5")], "websocket", 1.0)
+    by_id = t.start(
+        "w", category="linear", symbol="BTCUSDT", order_id="o5", order_link_id=None, now=2
+    )
+    by_link = t.start(
+        "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L5", now=2
+    )
+    assert isinstance(by_id, CancelResult) and isinstance(by_link, CancelResult)
+    assert len(t) == 0
+
+
+def test_push_before_ack_resolves_on_acknowledge() -> None:
+    """A link-only cancel whose push was remembered under the id resolves when the ack names it."""
+    t: CancelTracker[str] = CancelTracker()
+    entry = start(t, oid=None, link="Lx")
+    # the push carries no link id (e.g. a REST object): only the id is known
+    t.on_orders([order("ox", link="")], "websocket", 1.0)
+    assert len(t) == 1
+    got = t.acknowledge(entry, order_id="ox", order_link_id="Lx", now=1.5)
+    assert got is not None and got.order_id == "ox"
+    assert len(t) == 0
+
+
+def test_several_orders_in_one_push() -> None:
+    """One push with several orders resolves each pending cancel."""
+    t: CancelTracker[str] = CancelTracker()
+    start(t, "a", oid="o1")
+    start(t, "b", oid="o2")
+    start(t, "c", oid="o3")
+    done = t.on_orders([order("o1"), order("o2", status="Filled"), order("zz")], "websocket", 1.0)
+    assert sorted(e.waiter for e in done) == ["a", "b"]
+    assert len(t) == 1
+
+
+def test_two_cancels_of_one_order_both_resolve() -> None:
+    """Two concurrent cancels of the same order are both resolved by its push."""
+    t: CancelTracker[str] = CancelTracker()
+    start(t, "a")
+    start(t, "b")
+    assert len(t) == 2
+    done = t.on_orders([order()], "websocket", 1.0)
+    assert sorted(e.waiter for e in done) == ["a", "b"]
+    assert len(t) == 0
+
+
+def test_forget_removes_one_of_two() -> None:
+    """Forgetting one of two cancels of the same order leaves the other pending; forget is idempotent."""
+    t: CancelTracker[str] = CancelTracker()
+    a = start(t, "a")
+    start(t, "b")
+    t.forget(a)
+    t.forget(a)
+    assert len(t) == 1
+    [done] = t.on_orders([order()], "websocket", 1.0)
+    assert done.waiter == "b"
+
+
+def test_forget_link_only_after_ack() -> None:
+    """A link-only entry that learnt its id sits in both indexes and is removed from both."""
+    t: CancelTracker[str] = CancelTracker()
+    e = start(t, oid=None, link="L")
+    t.acknowledge(e, order_id="o1", order_link_id="L", now=0)
+    assert len(t.pending()) == 1
+    t.forget(e)
+    assert len(t) == 0 and t.pending() == []
+    assert t.on_orders([order("o1", link="L")], "websocket", 1.0) == []
+
+
+def test_fail_all_returns_every_entry_with_error() -> None:
+    """fail_all empties the tracker and marks each entry with the error."""
+    t: CancelTracker[str] = CancelTracker()
+    entries = [start(t, str(i), oid=f"o{i}") for i in range(3)]
+    entries.append(start(t, "L", oid=None, link="L"))
+    err = RuntimeError("closed")
+    failed = t.fail_all(err)
+    assert {e.waiter for e in failed} == {"0", "1", "2", "L"}
+    assert all(e.error is err for e in failed)
+    assert len(t) == 0
+    for e in entries:
+        t.forget(e)
+    assert len(t) == 0
+
+
+def test_recent_memory_bounded_by_size_and_age() -> None:
+    """The memory of final states holds at most recent_size entries, none older than recent_age."""
+    t: CancelTracker[str] = CancelTracker(recent_size=3, recent_age=10.0)
+    for i in range(5):
+        t.on_orders([order(f"o{i}", link=f"L{i}")], "websocket", float(i))
+    assert t.remembered == 3
+    assert isinstance(
+        t.start("w", category="linear", symbol="BTCUSDT", order_id="o4", order_link_id=None, now=5),
+        CancelResult,
+    )
+    # o0 was evicted by size: a cancel for it is pending, not answered from memory
+    assert isinstance(
+        t.start("w", category="linear", symbol="BTCUSDT", order_id="o0", order_link_id=None, now=5),
+        Pending,
+    )
+    # past the age bound, everything is forgotten
+    assert isinstance(
+        t.start(
+            "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L4", now=100
+        ),
+        Pending,
+    )
+    assert t.remembered == 0
+
+
+def test_rest_source_is_reported() -> None:
+    """A state learnt from a REST lookup says so."""
+    t: CancelTracker[str] = CancelTracker()
+    start(t)
+    [done] = t.on_orders([order()], "rest", 1.0)
+    assert done.result is not None and done.result.source == "rest"
+
+
+def test_fixture_push_with_two_orders() -> None:
+    """Bybit's real push of a Deactivated stop and a Filled order resolves both cancels."""
+    t: CancelTracker[str] = CancelTracker()
+    msg = ws_decoder.decode(
+        fixture_bytes("ws-private/order.push.linear-trailing-stop-deactivated-with-fill.json")
+    )
+    assert msg.data is not None
+    for o in msg.data:
+        start(t, o.order_status, oid=o.order_id)
+    done = t.on_orders(msg.data, "websocket", 1.0)
+    statuses = sorted(e.result.status for e in done if e.result is not None)
+    assert statuses == [OrderStatus.DEACTIVATED, OrderStatus.FILLED]
+
+
+def test_option_empty_leaves_qty_is_none() -> None:
+    """Options send leavesQty "" after a fill: the result says None, not zero."""
+    t: CancelTracker[str] = CancelTracker()
+    msg = ws_decoder.decode(fixture_bytes("ws-private/order.push.option-filled.json"))
+    assert msg.data is not None
+    start(t, oid=msg.data[0].order_id)
+    [done] = t.on_orders(msg.data, "websocket", 1.0)
+    assert done.result is not None
+    assert done.result.leaves_qty is None and done.result.cum_exec_qty == Decimal("1")
+
+
+def test_bad_bounds_rejected() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        CancelTracker(recent_size=0)

@@ -1,0 +1,288 @@
+"""Pure helpers: wire models, signing, URLs, exceptions, input validation, exports."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+from pathlib import Path
+
+import msgspec
+import pytest
+from pybit._http_manager import generate_signature
+
+import bybit_cancel
+from bybit_cancel import (
+    AuthenticationError,
+    BybitAPIError,
+    BybitError,
+    ConfirmationTimeout,
+    OrderStatus,
+    RateLimitError,
+)
+from bybit_cancel._client import validate_cancel
+from bybit_cancel._exceptions import error_from_ret_code
+from bybit_cancel._models import (
+    FINAL_BY_WIRE,
+    ack_decoder,
+    envelope_decoder,
+    order_list_decoder,
+    server_time_decoder,
+    ws_decoder,
+)
+from bybit_cancel._signing import Credentials, rest_headers, ws_auth_args
+from bybit_cancel._urls import resolve_urls
+
+from .helpers import FIXTURES, fixture_bytes
+
+SECRET = "s3cr3t-value-that-must-not-leak"
+
+# ------------------------------------------------------------------------------------ models
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p.name for p in (FIXTURES / "ws-private").glob("order.push.*.json"))
+)
+def test_every_order_push_fixture_decodes(path: str) -> None:
+    """Every real order push decodes; ids stay strings, statuses are Bybit's words."""
+    msg = ws_decoder.decode(fixture_bytes(f"ws-private/{path}"))
+    assert msg.topic.startswith("order") and msg.data
+    for o in msg.data:
+        assert isinstance(o.order_id, str) and o.order_id
+        assert o.order_status in {s.value for s in OrderStatus}
+
+
+def test_spot_19_digit_id_kept_exact() -> None:
+    """Spot ids exceed 2^53: they must survive as the exact string."""
+    msg = ws_decoder.decode(fixture_bytes("ws-private/order.push.spot-cancelled.json"))
+    assert msg.data is not None and msg.data[0].order_id == "1584349189335418625"
+
+
+@pytest.mark.parametrize(
+    ("path", "op", "success"),
+    [
+        ("ws-private/auth.success.json", "auth", True),
+        ("ws-private/auth.success.with-req-id.json", "auth", True),
+        ("ws-private/auth.failure.json", "auth", False),
+        ("ws-private/auth.failure.raw-json.json", "auth", False),
+        ("ws-private/subscribe.success.json", "subscribe", True),
+        ("ws-private/pong.response.json", "pong", None),
+    ],
+)
+def test_op_replies_decode(path: str, op: str, success: bool | None) -> None:
+    msg = ws_decoder.decode(fixture_bytes(path))
+    assert msg.op == op and msg.success is success and msg.data is None
+
+
+@pytest.mark.parametrize("path", ["ws-public/pong.spot.json", "ws-public/pong.linear.json"])
+def test_public_style_pong_is_detectable(path: str) -> None:
+    """Some streams answer ping with op "ping" and ret_msg "pong" (§3): we detect both forms."""
+    msg = ws_decoder.decode(fixture_bytes(path))
+    assert msg.op == "pong" or msg.ret_msg == "pong"
+
+
+def test_rest_envelopes_decode() -> None:
+    env = envelope_decoder.decode(fixture_bytes("rest/cancel-order.response.json"))
+    assert env.ret_code == 0
+    assert ack_decoder.decode(env.result).order_link_id == "linear-004"
+    err = envelope_decoder.decode(fixture_bytes("rest/cancel-order.error-110001.response.json"))
+    assert (err.ret_code, err.ret_msg) == (110001, "Order does not exist")
+    lst = envelope_decoder.decode(fixture_bytes("rest/order-realtime.response.json"))
+    orders = order_list_decoder.decode(lst.result)
+    assert orders.category == "linear" and orders.orders[0].order_status == "New"
+    empty = envelope_decoder.decode(
+        fixture_bytes("rest/order-realtime.response.observed-empty.json")
+    )
+    assert order_list_decoder.decode(empty.result).orders == []
+    t = envelope_decoder.decode(fixture_bytes("rest/market-time.response.json"))
+    assert server_time_decoder.decode(t.result).time_nano == "1688639403423213947"
+
+
+def test_null_result_envelope() -> None:
+    """Old errors carry "result": null; the envelope still decodes."""
+    env = envelope_decoder.decode(b'{"retCode":10001,"retMsg":"x","result":null,"time":1}')
+    assert env.ret_code == 10001
+
+
+def test_order_status_finality() -> None:
+    """Triggered is not final; the five final statuses are (§5)."""
+    finals = {s for s in OrderStatus if s.is_final}
+    assert finals == {"Cancelled", "PartiallyFilledCanceled", "Deactivated", "Filled", "Rejected"}
+    assert not OrderStatus.TRIGGERED.is_final
+    assert set(FINAL_BY_WIRE) == finals
+
+
+# ----------------------------------------------------------------------------------- signing
+
+
+def test_rest_signature_matches_pybit() -> None:
+    """Our REST signature equals the official SDK's for the same string."""
+    creds = Credentials("KEY123", SECRET)
+    body = b'{"category":"linear","symbol":"BTCUSDT","orderId":"x"}'
+    h = rest_headers(creds, 1658385579423, 5000, body)
+    expected = generate_signature(False, SECRET, "1658385579423KEY1235000" + body.decode())
+    assert h["X-BAPI-SIGN"] == expected
+    assert h["X-BAPI-TIMESTAMP"] == "1658385579423" and h["X-BAPI-RECV-WINDOW"] == "5000"
+    assert h["X-BAPI-API-KEY"] == "KEY123" and h["X-BAPI-SIGN-TYPE"] == "2"
+
+
+def test_ws_auth_signature() -> None:
+    creds = Credentials("KEY123", SECRET)
+    key, expires, sig = ws_auth_args(creds, 1662350400000)
+    assert (key, expires) == ("KEY123", 1662350400000)
+    assert (
+        sig == hmac.new(SECRET.encode(), b"GET/realtime1662350400000", hashlib.sha256).hexdigest()
+    )
+
+
+def test_credentials_never_show_secret() -> None:
+    creds = Credentials("KEY123456", SECRET)
+    assert SECRET not in repr(creds) and SECRET not in str(creds)
+    assert "KEY123456" not in repr(creds)
+    with pytest.raises(TypeError):
+        pickle.dumps(creds)
+
+
+@pytest.mark.parametrize(("key", "secret"), [("", "s"), ("k", ""), (None, "s")])
+def test_credentials_required(key: object, secret: str) -> None:
+    with pytest.raises(ValueError, match="api_"):
+        Credentials(key, secret)  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------------------------------- urls
+
+
+@pytest.mark.parametrize(
+    ("testnet", "demo", "rest", "ws"),
+    [
+        (False, False, "https://api.bybit.com", "wss://stream.bybit.com/v5/private"),
+        (True, False, "https://api-testnet.bybit.com", "wss://stream-testnet.bybit.com/v5/private"),
+        (False, True, "https://api-demo.bybit.com", "wss://stream-demo.bybit.com/v5/private"),
+    ],
+)
+def test_hosts(testnet: bool, demo: bool, rest: str, ws: str) -> None:
+    assert resolve_urls(testnet=testnet, demo=demo, rest_url=None, ws_url=None) == (rest, ws)
+
+
+def test_overrides_win() -> None:
+    got = resolve_urls(
+        testnet=True,
+        demo=False,
+        rest_url="http://127.0.0.1:8080/",
+        ws_url="ws://127.0.0.1:8080/v5/private",
+    )
+    assert got == ("http://127.0.0.1:8080", "ws://127.0.0.1:8080/v5/private")
+    with pytest.raises(ValueError, match="rest_url"):
+        resolve_urls(testnet=False, demo=False, rest_url="ftp://x", ws_url=None)
+    with pytest.raises(ValueError, match="ws_url"):
+        resolve_urls(testnet=False, demo=False, rest_url=None, ws_url="http://x")
+
+
+# -------------------------------------------------------------------------------- exceptions
+
+
+def test_exception_tree() -> None:
+    assert issubclass(AuthenticationError, BybitAPIError)
+    assert issubclass(BybitAPIError, BybitError)
+    t = ConfirmationTimeout(
+        order_id="o", order_link_id=None, last_status="New", acknowledged=True, timeout=2
+    )
+    assert isinstance(t, TimeoutError) and isinstance(t, BybitError)
+    assert "o" in str(t) and "New" in str(t)
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (10003, AuthenticationError),
+        (10004, AuthenticationError),
+        (10005, AuthenticationError),
+        (10006, RateLimitError),
+        (110001, BybitAPIError),
+        (170213, BybitAPIError),
+        (10001, BybitAPIError),
+    ],
+)
+def test_ret_code_mapping(code: int, cls: type[BybitAPIError]) -> None:
+    err = error_from_ret_code(code, "msg")
+    assert type(err) is cls and err.ret_code == code and err.ret_msg == "msg"
+
+
+# -------------------------------------------------------------------------------- validation
+
+GOOD = {
+    "category": "linear",
+    "symbol": "BTCUSDT",
+    "order_id": "x",
+    "order_link_id": None,
+    "order_filter": None,
+    "timeout": 5.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"category": ""}, "category is required"),
+        ({"category": "futures"}, "unknown category"),
+        ({"symbol": ""}, "symbol is required"),
+        ({"symbol": "btcusdt"}, "upper case"),
+        ({"order_id": None}, "order_id or order_link_id"),
+        ({"order_id": None, "order_link_id": "bad id!"}, "order_link_id"),
+        ({"order_id": None, "order_link_id": "x" * 37}, "order_link_id"),
+        ({"order_filter": "StopOrder"}, "spot"),
+        ({"category": "spot", "order_filter": "Bogus"}, "order_filter"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+    ],
+)
+def test_bad_input(change: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        validate_cancel(**{**GOOD, **change})  # type: ignore[arg-type]
+
+
+def test_body_built_in_bybit_names() -> None:
+    body = validate_cancel(
+        **{**GOOD, "category": "spot", "order_link_id": "L-1", "order_filter": "tpslOrder"}
+    )  # type: ignore[arg-type]
+    assert body == {
+        "category": "spot",
+        "symbol": "BTCUSDT",
+        "orderId": "x",
+        "orderLinkId": "L-1",
+        "orderFilter": "tpslOrder",
+    }
+    assert msgspec.json.encode(body).startswith(b'{"category":"spot"')
+
+
+# ----------------------------------------------------------------------------------- exports
+
+
+def test_public_surface() -> None:
+    """The top-level names are the documented public API, each defined once."""
+    required = {
+        "BybitCancelClient",
+        "CancelResult",
+        "OrderStatus",
+        "BybitError",
+        "BybitAPIError",
+        "OrderNotFound",
+        "ConfirmationTimeout",
+        "AuthenticationError",
+        "cancel_and_confirm",
+    }
+    assert required <= set(bybit_cancel.__all__)
+    assert len(set(bybit_cancel.__all__)) == len(bybit_cancel.__all__)
+    for name in bybit_cancel.__all__:
+        assert getattr(bybit_cancel, name).__module__ == "bybit_cancel"
+
+
+def test_core_imports_no_io() -> None:
+    """The core stays sans-I/O: it imports no asyncio, aiohttp, websockets, socket or time."""
+    src = (Path(bybit_cancel.__file__).parent / "_core.py").read_text()
+    imports = [line for line in src.splitlines() if line.startswith(("import ", "from "))]
+    assert imports, "expected some imports"
+    for line in imports:
+        for mod in ("asyncio", "aiohttp", "websockets", "socket", "time"):
+            assert mod not in line, line
