@@ -1,0 +1,404 @@
+"""End-to-end: BybitCancelClient against FakeExchange over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from decimal import Decimal
+
+import aiohttp
+import pytest
+
+from bybit_cancel import (
+    AuthenticationError,
+    BybitAPIError,
+    BybitCancelClient,
+    ClientClosedError,
+    ConfirmationTimeout,
+    ConnectionState,
+    OrderNotFound,
+    OrderStatus,
+    cancel_and_confirm,
+)
+from bybit_cancel.testing import FakeExchange, Fault
+
+from .conftest import KEY, SECRET, client_tasks, make_client
+
+
+def cancels(fx: FakeExchange) -> int:
+    return sum(1 for r in fx.requests if r.path == "/v5/order/cancel")
+
+
+async def test_confirm_by_order_id(fx: FakeExchange, client: BybitCancelClient) -> None:
+    """A resting order's cancel resolves to Cancelled, delivered by the websocket push."""
+    o = fx.seed_order(category="linear", symbol="BTCUSDT", qty="0.010")
+    r = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert r.status is OrderStatus.CANCELLED and r.cancelled
+    assert r.source == "websocket"
+    assert (r.order_id, r.category, r.symbol) == (o.order_id, "linear", "BTCUSDT")
+    assert r.cancel_type == "CancelByUser" and r.reject_reason == "EC_PerCancelRequest"
+    assert r.cum_exec_qty == 0 and r.updated_time == fx.order(o.order_id).updated_time
+    assert fx.order(o.order_id).status == "Cancelled"
+    assert client.pending_count == 0
+
+
+async def test_confirm_by_order_link_id(fx: FakeExchange, client: BybitCancelClient) -> None:
+    """Given only orderLinkId, the push is matched by it and the result names the order id."""
+    o = fx.seed_order(category="spot", symbol="BTCUSDT", order_link_id="my-quote-17")
+    r = await client.cancel_order(category="spot", symbol="BTCUSDT", order_link_id="my-quote-17")
+    assert r.status is OrderStatus.CANCELLED
+    assert r.order_id == o.order_id and len(r.order_id) == 19 and r.order_link_id == "my-quote-17"
+    sent = [x for x in fx.requests if x.path == "/v5/order/cancel"][-1]
+    assert b'"orderLinkId":"my-quote-17"' in sent.body and b"orderId" not in sent.body
+
+
+async def test_push_before_ack(fx: FakeExchange, client: BybitCancelClient) -> None:
+    """A final push written before the REST ack is not lost."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.PUSH_BEFORE_ACK, order_id=o.order_id)
+    r = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert r.status is OrderStatus.CANCELLED and r.source == "websocket"
+    assert fx.fault_log == [(o.order_id, Fault.PUSH_BEFORE_ACK)]
+
+
+async def test_several_orders_in_one_push(fx: FakeExchange) -> None:
+    """One push carrying three orders resolves three pending cancels."""
+    orders = [fx.seed_order(symbol="BTCUSDT") for _ in range(3)]
+    for o in orders:
+        fx.add_fault(Fault.DROP_PUSH, order_id=o.order_id)
+    async with make_client(fx, push_grace=30.0) as client:
+        tasks = [
+            asyncio.create_task(
+                client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+            )
+            for o in orders
+        ]
+        while not all(fx.order(o.order_id).status == "Cancelled" for o in orders):
+            await asyncio.sleep(0.005)
+        before = fx.pushes_sent
+        fx.push_batch([o.order_id for o in orders])
+        results = await asyncio.gather(*tasks)
+    assert fx.pushes_sent == before + 1
+    assert {r.order_id for r in results} == {o.order_id for o in orders}
+    assert all(r.status is OrderStatus.CANCELLED and r.source == "websocket" for r in results)
+
+
+async def test_not_found_for_filled_order_reports_filled(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """110001 for an order that filled (no push seen) is looked up and reported as Filled."""
+    o = fx.seed_order(qty="0.02")
+    fx.fill(o.order_id, push=False)
+    r = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert r.status is OrderStatus.FILLED and not r.cancelled
+    assert r.source == "rest" and r.cum_exec_qty == Decimal("0.02")
+    paths = [x.path for x in fx.requests]
+    assert paths[-2:] == ["/v5/order/cancel", "/v5/order/realtime"]
+
+
+async def test_fill_racing_cancel_is_filled(fx: FakeExchange, client: BybitCancelClient) -> None:
+    """The order fills just before the cancel lands: Filled, not an error and not a cancel."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.FILL_BEFORE_CANCEL, order_id=o.order_id)
+    r = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert r.status is OrderStatus.FILLED and fx.order(o.order_id).status == "Filled"
+
+
+async def test_unknown_order_raises_order_not_found(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """Neither the cancel, realtime nor history knows the order: OrderNotFound."""
+    with pytest.raises(OrderNotFound) as info:
+        await client.cancel_order(category="linear", symbol="BTCUSDT", order_id="no-such-order")
+    assert info.value.ret_code == 110001 and info.value.ret_msg == "Order does not exist"
+    paths = [x.path for x in fx.requests if x.path.startswith("/v5/order")]
+    assert paths == ["/v5/order/cancel", "/v5/order/realtime", "/v5/order/history"]
+
+
+async def test_unknown_spot_order_170213(fx: FakeExchange, client: BybitCancelClient) -> None:
+    """Spot answers 170213 for a missing order; it is treated like 110001."""
+    with pytest.raises(OrderNotFound) as info:
+        await client.cancel_order(category="spot", symbol="BTCUSDT", order_id="1234567890123456789")
+    assert info.value.ret_code == 170213
+
+
+async def test_conditional_order_deactivated(fx: FakeExchange, client: BybitCancelClient) -> None:
+    """A cancelled untriggered conditional order ends Deactivated (a cancel)."""
+    o = fx.seed_order(trigger_price="35000")
+    assert o.status == "Untriggered"
+    r = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert r.status is OrderStatus.DEACTIVATED and r.cancelled
+
+
+async def test_spot_stop_order_needs_order_filter(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """A spot stop order cancelled with the right orderFilter is Deactivated; without it Bybit
+    says 170213 while the order is open, and the client says so instead of OrderNotFound."""
+    o = fx.seed_order(category="spot", trigger_price="50000", order_filter="StopOrder")
+    with pytest.raises(BybitAPIError) as info:
+        await client.cancel_order(category="spot", symbol="BTCUSDT", order_id=o.order_id, timeout=5)
+    assert not isinstance(info.value, OrderNotFound)
+    assert info.value.ret_code == 170213 and "order_filter" in info.value.ret_msg
+    r = await client.cancel_order(
+        category="spot", symbol="BTCUSDT", order_id=o.order_id, order_filter="StopOrder"
+    )
+    assert r.status is OrderStatus.DEACTIVATED
+
+
+async def test_partially_filled_spot(fx: FakeExchange, client: BybitCancelClient) -> None:
+    """A partially filled spot order ends PartiallyFilledCanceled with its filled quantity."""
+    o = fx.seed_order(category="spot", qty="1.000000")
+    fx.fill(o.order_id, "0.250000")
+    r = await client.cancel_order(category="spot", symbol="BTCUSDT", order_id=o.order_id)
+    assert r.status is OrderStatus.PARTIALLY_FILLED_CANCELED and r.cancelled
+    assert r.cum_exec_qty == Decimal("0.25")
+
+
+async def test_partially_filled_linear(fx: FakeExchange, client: BybitCancelClient) -> None:
+    """A partially filled linear order ends Cancelled, carrying its filled quantity."""
+    o = fx.seed_order(category="linear", qty="0.100")
+    fx.fill(o.order_id, "0.040")
+    r = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert r.status is OrderStatus.CANCELLED
+    assert r.cum_exec_qty == Decimal("0.04") and r.leaves_qty == 0
+
+
+async def test_bad_rest_signature_raises_authentication_error(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """REST 10004 (error sign) is an AuthenticationError carrying retCode and retMsg."""
+    o = fx.seed_order()
+    fx.add_credentials(KEY, "a-different-secret")
+    with pytest.raises(AuthenticationError) as info:
+        await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert info.value.ret_code == 10004 and "error sign" in info.value.ret_msg
+    assert fx.order(o.order_id).status == "New"
+    assert cancels(fx) == 1  # no retry of a refused signature
+
+
+async def test_unknown_api_key_10003(fx: FakeExchange) -> None:
+    """An unknown key is refused at the websocket auth, before any cancel."""
+    c = BybitCancelClient(
+        api_key="unknown", api_secret=SECRET, rest_url=fx.rest_url, ws_url=fx.ws_url
+    )
+    with pytest.raises(AuthenticationError):
+        async with c:
+            pass
+
+
+async def test_refused_ws_auth_raises_from_aenter(fx: FakeExchange) -> None:
+    """A refused websocket auth raises AuthenticationError from __aenter__; nothing is left."""
+    fx.refuse_auth = True
+    client = make_client(fx)
+    with pytest.raises(AuthenticationError) as info:
+        async with asyncio.timeout(10):
+            await client.__aenter__()
+    assert "Params Error" in info.value.ret_msg
+    assert client_tasks() == []
+    assert client.connection_state is ConnectionState.CLOSED
+    # the client tried once more after measuring the clock (an expired `expires` looks the same)
+    assert any(r.path == "/v5/market/time" for r in fx.requests)
+    subscribed = [m for m in fx.ws_received if m.get("op") == "subscribe"]
+    assert subscribed == []  # never subscribes before a successful auth
+
+
+async def test_auth_waits_for_reply_before_subscribe(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """The stream authenticates, then subscribes to `order`, in that order, once each."""
+    ops = [m.get("op") for m in fx.ws_received]
+    assert ops[:2] == ["auth", "subscribe"]
+    sub = fx.ws_received[1]
+    assert sub["args"] == ["order"]
+    auth = fx.ws_received[0]
+    expires = auth["args"][1]
+    assert isinstance(expires, int) and expires - fx.now_ms() > 5_000  # a ~10 s margin, not 1 s
+    assert client.connection_state is ConnectionState.CONNECTED
+
+
+BAD_INPUTS = [
+    {"category": "", "symbol": "BTCUSDT", "order_id": "x"},
+    {"category": "futures", "symbol": "BTCUSDT", "order_id": "x"},
+    {"category": "linear", "symbol": "", "order_id": "x"},
+    {"category": "linear", "symbol": "btcusdt", "order_id": "x"},
+    {"category": "linear", "symbol": "BTCUSDT"},
+    {"category": "linear", "symbol": "BTCUSDT", "order_id": "x", "order_filter": "StopOrder"},
+    {"category": "linear", "symbol": "BTCUSDT", "order_id": "x", "timeout": 0},
+    {"category": "linear", "symbol": "BTCUSDT", "order_id": "x", "timeout": -3},
+]
+
+
+@pytest.mark.parametrize("kwargs", BAD_INPUTS)
+async def test_bad_input_sends_nothing(
+    fx: FakeExchange, client: BybitCancelClient, kwargs: dict[str, object]
+) -> None:
+    """Every bad input raises ValueError before any request."""
+    before = len(fx.requests)
+    with pytest.raises(ValueError):
+        await client.cancel_order(**kwargs)  # type: ignore[arg-type]
+    assert len(fx.requests) == before
+
+
+@pytest.mark.parametrize("kwargs", BAD_INPUTS[:3])
+async def test_bad_input_one_shot_sends_nothing(
+    fx: FakeExchange, kwargs: dict[str, object]
+) -> None:
+    """The one-shot helper validates before it even connects."""
+    with pytest.raises(ValueError):
+        await cancel_and_confirm(
+            api_key=KEY,
+            api_secret=SECRET,
+            rest_url=fx.rest_url,
+            ws_url=fx.ws_url,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    assert fx.requests == [] and fx.ws_received == []
+
+
+async def test_timeout(fx: FakeExchange) -> None:
+    """No final state within the timeout: ConfirmationTimeout with what was seen."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=5.0)
+    async with make_client(fx, push_grace=30.0) as client:
+        with pytest.raises(ConfirmationTimeout) as info:
+            await client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=0.3
+            )
+        assert client.pending_count == 0
+    err = info.value
+    assert isinstance(err, TimeoutError)
+    assert err.order_id == o.order_id and err.acknowledged
+
+
+async def test_caller_cancellation_leaves_nothing(fx: FakeExchange) -> None:
+    """Cancelling the awaiting task removes its pending entry and starts no task."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=5.0)
+    async with make_client(fx, push_grace=30.0) as client:
+        await _eventually(lambda: len(client_tasks()) == 2)  # the stream and its heartbeat
+        tasks_before = set(asyncio.all_tasks())
+        acked = asyncio.Event()
+        task = asyncio.create_task(
+            client.cancel_order(
+                category="linear",
+                symbol="BTCUSDT",
+                order_id=o.order_id,
+                on_ack=lambda *_: acked.set(),
+            )
+        )
+        await asyncio.wait_for(acked.wait(), 5)
+        assert client.pending_count == 1
+        new = {t for t in asyncio.all_tasks() - tasks_before if "RequestHandler" not in repr(t)}
+        assert new == {task}  # the caller's own task only: no task per cancel
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert client.pending_count == 0
+        assert client._tracker.pending() == []
+
+
+async def test_aclose_fails_pending_and_leaves_no_task(fx: FakeExchange) -> None:
+    """aclose() with cancels pending: each gets ClientClosedError; no library task survives."""
+    orders = [fx.seed_order() for _ in range(20)]
+    for o in orders:
+        fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=30.0)
+    client = make_client(fx, push_grace=30.0)
+    await client.__aenter__()
+    tasks = [
+        asyncio.create_task(
+            client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+        )
+        for o in orders
+    ]
+    while len(fx.fault_log) < len(orders):
+        await asyncio.sleep(0.005)
+    assert client_tasks()
+    await asyncio.wait_for(client.aclose(), 5)
+    await client.aclose()  # idempotent
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert all(isinstance(r, ClientClosedError) for r in results)
+    assert client_tasks() == []
+    assert client.pending_count == 0
+    with pytest.raises(RuntimeError):
+        await client.cancel_order(category="linear", symbol="BTCUSDT", order_id="x")
+
+
+async def test_caller_owned_session_left_open(fx: FakeExchange) -> None:
+    """A session passed in is used and never closed."""
+    async with aiohttp.ClientSession() as session:
+        o = fx.seed_order()
+        async with make_client(fx, session=session) as client:
+            r = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+            assert r.cancelled
+        assert not session.closed
+        async with session.get(fx.rest_url + "/v5/market/time") as resp:
+            assert resp.status == 200
+
+
+async def test_one_shot_helper(fx: FakeExchange) -> None:
+    """cancel_and_confirm opens, cancels, confirms and closes."""
+    o = fx.seed_order(category="inverse", symbol="BTCUSD")
+    r = await cancel_and_confirm(
+        api_key=KEY,
+        api_secret=SECRET,
+        rest_url=fx.rest_url,
+        ws_url=fx.ws_url,
+        category="inverse",
+        symbol="BTCUSD",
+        order_id=o.order_id,
+        timeout=5,
+    )
+    assert r.status is OrderStatus.CANCELLED
+    assert client_tasks() == []
+    assert fx.connections == 0 or await _eventually(lambda: fx.connections == 0)
+
+
+async def test_already_final_resolves_at_once(fx: FakeExchange, client: BybitCancelClient) -> None:
+    """A cancel for an order whose final push was already seen resolves without a request."""
+    o = fx.seed_order()
+    first = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    before = len(fx.requests)
+    again = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert again == first and len(fx.requests) == before
+
+
+async def test_no_secret_in_debug_logs(fx: FakeExchange, caplog: pytest.LogCaptureFixture) -> None:
+    """Across success, errors and a refused auth, the secret and signatures never reach a log,
+    a repr or an exception."""
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    async with make_client(fx) as client:
+        seen.append(repr(client))
+        o = fx.seed_order()
+        await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+        try:
+            await client.cancel_order(category="linear", symbol="BTCUSDT", order_id="nope")
+        except OrderNotFound as exc:
+            seen.append(repr(exc) + str(exc))
+        fx.add_credentials(KEY, "other")
+        try:
+            await client.cancel_order(category="linear", symbol="BTCUSDT", order_id="nope2")
+        except AuthenticationError as exc:
+            seen.append(repr(exc) + str(exc))
+        fx.add_credentials(KEY, SECRET)
+    fx.refuse_auth = True
+    try:
+        async with make_client(fx):
+            pass
+    except AuthenticationError as exc:
+        seen.append(repr(exc) + str(exc))
+    signatures = [r.headers.get("X-BAPI-SIGN", "") for r in fx.requests]
+    signatures += [str(m["args"][2]) for m in fx.ws_received if m.get("op") == "auth"]
+    text = caplog.text + "\n".join(seen)
+    assert caplog.records  # DEBUG logging really was captured
+    assert SECRET not in text
+    for sig in filter(None, signatures):
+        assert sig not in text
+
+
+async def _eventually(cond: object, timeout: float = 2.0) -> bool:
+    async with asyncio.timeout(timeout):
+        while not cond():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+    return True
