@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,3 +19,10 @@ def fixture_bytes(name: str) -> bytes:
 
 def fixture(name: str) -> Any:
     return json.loads(fixture_bytes(name))
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait, bounded, for a condition on the fake's books that offers no event of its own."""
+    async with asyncio.timeout(timeout):
+        while not cond():  # noqa: ASYNC110 - the fake's books expose no event per condition
+            await asyncio.sleep(0.002)

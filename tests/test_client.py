@@ -23,6 +23,7 @@ from bybit_cancel import (
 from bybit_cancel.testing import FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
+from .helpers import wait_until
 
 
 def cancels(fx: FakeExchange) -> int:
@@ -73,8 +74,7 @@ async def test_several_orders_in_one_push(fx: FakeExchange) -> None:
             )
             for o in orders
         ]
-        while not all(fx.order(o.order_id).status == "Cancelled" for o in orders):
-            await asyncio.sleep(0.005)
+        await wait_until(lambda: all(fx.order(o.order_id).status == "Cancelled" for o in orders))
         before = fx.pushes_sent
         fx.push_batch([o.order_id for o in orders])
         results = await asyncio.gather(*tasks)
@@ -276,7 +276,7 @@ async def test_caller_cancellation_leaves_nothing(fx: FakeExchange) -> None:
     o = fx.seed_order()
     fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=5.0)
     async with make_client(fx, push_grace=30.0) as client:
-        await _eventually(lambda: len(client_tasks()) == 2)  # the stream and its heartbeat
+        await wait_until(lambda: len(client_tasks()) == 2)  # the stream and its heartbeat
         tasks_before = set(asyncio.all_tasks())
         acked = asyncio.Event()
         task = asyncio.create_task(
@@ -311,8 +311,7 @@ async def test_aclose_fails_pending_and_leaves_no_task(fx: FakeExchange) -> None
         )
         for o in orders
     ]
-    while len(fx.fault_log) < len(orders):
-        await asyncio.sleep(0.005)
+    await wait_until(lambda: len(fx.fault_log) == len(orders))
     assert client_tasks()
     await asyncio.wait_for(client.aclose(), 5)
     await client.aclose()  # idempotent
@@ -351,7 +350,7 @@ async def test_one_shot_helper(fx: FakeExchange) -> None:
     )
     assert r.status is OrderStatus.CANCELLED
     assert client_tasks() == []
-    assert fx.connections == 0 or await _eventually(lambda: fx.connections == 0)
+    await wait_until(lambda: fx.connections == 0)
 
 
 async def test_already_final_resolves_at_once(fx: FakeExchange, client: BybitCancelClient) -> None:
@@ -395,10 +394,3 @@ async def test_no_secret_in_debug_logs(fx: FakeExchange, caplog: pytest.LogCaptu
     assert SECRET not in text
     for sig in filter(None, signatures):
         assert sig not in text
-
-
-async def _eventually(cond: object, timeout: float = 2.0) -> bool:
-    async with asyncio.timeout(timeout):
-        while not cond():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
-    return True
