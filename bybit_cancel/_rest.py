@@ -19,6 +19,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,36 +81,54 @@ class RestStats:
 class RateLimiter:
     """Per-(endpoint, category) limiter fed by Bybit's ``X-Bapi-Limit-*`` headers (§7).
 
-    When Bybit says no request is left in the window, later requests to the same endpoint and
-    category wait until the reset timestamp instead of being refused with 10006.
+    Bybit counts requests in a rolling one-second window and reports how many are left
+    (``X-Bapi-Limit-Status``). When none is left, the reset header only says "about now" (§7), so
+    the limiter keeps its own log of when answers arrived: the window frees a slot one second
+    after Bybit received the request answered ``X-Bapi-Limit`` answers ago, and Bybit received it
+    before we got its answer, so waiting until that answer's time + 1 s is never early. Later requests to that endpoint and category wait
+    until then instead of being refused with 10006. After a 10006, Bybit's reset timestamp rules.
     """
 
-    __slots__ = ("_blocked_until", "_clock")
+    __slots__ = ("_blocked_until", "_clock", "_sent")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._blocked_until: dict[tuple[str, str], int] = {}
+        self._blocked_until: dict[tuple[str, str], float] = {}
+        self._sent: dict[tuple[str, str], deque[float]] = {}
 
     def delay(self, key: tuple[str, str]) -> float:
+        """Seconds to wait before the next request for ``key`` (0 when free)."""
         until = self._blocked_until.get(key)
         if until is None:
             return 0.0
-        wait = self._clock.to_local_seconds(until)
+        wait = until - time.monotonic()
         if wait <= 0:
             del self._blocked_until[key]
+            return 0.0
         return wait
 
-    def block(self, key: tuple[str, str], until_server_ms: int) -> None:
-        if until_server_ms > self._blocked_until.get(key, 0):
-            self._blocked_until[key] = until_server_ms
+    def block_until_server_ms(self, key: tuple[str, str], server_ms: int) -> None:
+        self._block(key, time.monotonic() + self._clock.to_local_seconds(server_ms))
+
+    def _block(self, key: tuple[str, str], until: float) -> None:
+        if until > self._blocked_until.get(key, 0.0):
+            self._blocked_until[key] = until
 
     def feed(self, key: tuple[str, str], headers: Any) -> None:
-        remaining = headers.get("X-Bapi-Limit-Status")
-        if remaining is None or remaining != "0":
+        """Learn from one answer's headers (call it for every answer, as it arrives)."""
+        now = time.monotonic()
+        sent = self._sent.get(key)
+        if sent is None:
+            sent = self._sent[key] = deque(maxlen=256)
+        sent.append(now)
+        if headers.get("X-Bapi-Limit-Status") != "0":
             return
-        reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
-        if reset is not None and reset.isdigit():
-            self.block(key, int(reset))
+        limit = headers.get("X-Bapi-Limit", "")
+        if limit.isdigit() and sent is not None and 0 < int(limit) <= len(sent):
+            until = sent[-int(limit)] + 1.0
+        else:
+            until = now + 1.0
+        self._block(key, until)
 
 
 class RestClient:
@@ -133,7 +152,11 @@ class RestClient:
         self._recv_window = recv_window
         self.clock = clock
         self.limiter = RateLimiter(clock)
-        self._timeout = aiohttp.ClientTimeout(total=http_timeout)
+        # Per-socket bounds, not `total`: aiohttp's total (and `connect`) include the wait for a
+        # free pooled connection, so a burst of cancels would time out while merely queued.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=http_timeout, sock_read=http_timeout
+        )
         self._max_retries = max_retries
         self._rng = rng
         self.stats = RestStats()
@@ -270,7 +293,7 @@ class RestClient:
                     raise error_from_ret_code(code, env.ret_msg)
                 reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
                 until = int(reset) if reset and reset.isdigit() else self.clock.now_ms() + 200
-                self.limiter.block(key, until)
+                self.limiter.block_until_server_ms(key, until)
                 log.debug("%s %s rate limited (10006), waiting for the window", method, path)
                 continue
             if code == _TIMESTAMP_ERROR and not resynced:

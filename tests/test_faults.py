@@ -1,0 +1,389 @@
+"""The truth under faults: each fault of FakeExchange, and a seeded chaos run.
+
+Every test compares the client's answer with the fake's own books."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+
+import pytest
+
+from bybit_cancel import (
+    AuthenticationError,
+    BybitCancelClient,
+    BybitError,
+    ClientClosedError,
+    ConfirmationTimeout,
+    ConnectionState,
+    HTTPStatusError,
+    OrderStatus,
+)
+from bybit_cancel.testing import FakeExchange, Fault
+
+from .conftest import SECRET, client_tasks, make_client
+from .helpers import wait_until
+
+FAST = {
+    "push_grace": 0.2,
+    "ping_interval": 0.2,
+    "http_timeout": 0.5,
+    "reconnect_backoff": (0.02, 0.2),
+}
+
+
+def fast_client(fx: FakeExchange, **extra: object) -> BybitCancelClient:
+    return make_client(fx, **{**FAST, **extra})
+
+
+def cancel_requests(fx: FakeExchange) -> int:
+    return sum(1 for r in fx.requests if r.path == "/v5/order/cancel")
+
+
+async def cancel(client: BybitCancelClient, order_id: str, **kw: object):  # type: ignore[no-untyped-def]
+    return await client.cancel_order(
+        category="linear",
+        symbol="BTCUSDT",
+        order_id=order_id,
+        timeout=10,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+# ------------------------------------------------------------------------------ lost pushes
+
+
+async def test_dropped_push_found_over_rest(fx: FakeExchange) -> None:
+    """No push after the ack: after the grace the client asks REST, which knows the truth."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DROP_PUSH, order_id=o.order_id)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+    assert r.status is OrderStatus.CANCELLED and r.source == "rest"
+    assert fx.order(o.order_id).status == "Cancelled"
+
+
+async def test_delayed_push_within_grace(fx: FakeExchange) -> None:
+    """A push that is merely slow still confirms over the websocket."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=0.1)
+    async with fast_client(fx, push_grace=2.0) as client:
+        r = await cancel(client, o.order_id)
+    assert r.status is OrderStatus.CANCELLED and r.source == "websocket"
+
+
+async def test_delayed_push_past_grace_polls_until_final(fx: FakeExchange) -> None:
+    """REST still shows the order open during the delay: the client polls with backoff until final."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=0.6)
+    async with fast_client(fx, push_grace=0.05) as client:
+        r = await cancel(client, o.order_id)
+    assert r.status is OrderStatus.CANCELLED
+    lookups = sum(1 for x in fx.requests if x.path == "/v5/order/realtime")
+    assert lookups >= 2
+
+
+async def test_restart_loses_realtime_history_knows(fx: FakeExchange) -> None:
+    """After a Bybit restart only /v5/order/history knows the closed order; the client finds it."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DROP_PUSH, order_id=o.order_id)
+    async with fast_client(fx, push_grace=0.3) as client:
+        task = asyncio.create_task(cancel(client, o.order_id))
+        await wait_until(lambda: fx.order(o.order_id).status == "Cancelled")
+        fx.restart()
+        r = await task
+        assert r.status is OrderStatus.CANCELLED and r.source == "rest"
+        assert any(x.path == "/v5/order/history" for x in fx.requests)
+        await wait_until(lambda: client.connection_state is ConnectionState.CONNECTED)
+        assert client.reconnect_count >= 1
+
+
+# ------------------------------------------------------------------------------- stream loss
+
+
+async def test_socket_closed_after_ack_reconnects_and_reconciles(fx: FakeExchange) -> None:
+    """The stream dies after the ack (the push is lost): the client reconnects, re-auths,
+    resubscribes and looks the pending cancel up."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.CLOSE_WS_AFTER_ACK, order_id=o.order_id)
+    async with fast_client(fx, push_grace=30.0) as client:
+        r = await cancel(client, o.order_id)
+        assert r.status is OrderStatus.CANCELLED and r.source == "rest"
+        await wait_until(lambda: client.connection_state is ConnectionState.CONNECTED)
+        assert client.reconnect_count == 1
+    ops = [m.get("op") for m in fx.ws_received if m.get("op") in ("auth", "subscribe")]
+    assert ops == ["auth", "subscribe", "auth", "subscribe"]
+    assert fx.auth_count == 2
+
+
+async def test_stalled_socket_detected_by_missing_pongs(fx: FakeExchange) -> None:
+    """A socket that stays open but goes silent is declared dead after two ping intervals."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.STALL_WS_AFTER_ACK, order_id=o.order_id)
+    async with fast_client(fx, push_grace=30.0, ping_interval=0.1) as client:
+        r = await cancel(client, o.order_id)
+        assert r.status is OrderStatus.CANCELLED and r.source == "rest"
+        assert client.reconnect_count == 1
+
+
+async def test_pending_cancels_survive_reconnect_and_pushes_resume(fx: FakeExchange) -> None:
+    """After a drop, pushes on the new connection resolve cancels sent after it."""
+    async with fast_client(fx, push_grace=30.0) as client:
+        await fx.disconnect_all()
+        await wait_until(lambda: client.reconnect_count == 1)
+        await wait_until(lambda: client.connection_state is ConnectionState.CONNECTED)
+        o = fx.seed_order()
+        r = await cancel(client, o.order_id)
+    assert r.source == "websocket" and r.status is OrderStatus.CANCELLED
+
+
+async def test_auth_refused_on_reconnect_fails_pending_promptly(fx: FakeExchange) -> None:
+    """If Bybit refuses the re-auth, pending awaits fail with AuthenticationError at once."""
+    orders = [fx.seed_order() for _ in range(5)]
+    for o in orders:
+        fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=30)
+    async with fast_client(fx, push_grace=30.0) as client:
+        tasks = [asyncio.create_task(cancel(client, o.order_id)) for o in orders]
+        await wait_until(lambda: len(fx.fault_log) == len(orders))
+        fx.refuse_auth = True
+        await fx.disconnect_all()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        assert all(isinstance(x, AuthenticationError) for x in results), results
+        assert client.connection_state is ConnectionState.FAILED
+        assert client.pending_count == 0
+        with pytest.raises(AuthenticationError):
+            await cancel(client, orders[0].order_id)
+    assert client_tasks() == []
+
+
+# ------------------------------------------------------------------- duplicates and staleness
+
+
+@pytest.mark.parametrize("fault", [Fault.DUPLICATE_PUSH, Fault.STALE_AFTER_FINAL])
+async def test_duplicate_and_stale_pushes_change_nothing(fx: FakeExchange, fault: Fault) -> None:
+    """A repeated final push, or an older open state after it, leaves the answer Cancelled."""
+    o = fx.seed_order()
+    fx.add_fault(fault, order_id=o.order_id)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+        await fx.wait_idle()
+        again = await cancel(client, o.order_id)  # answered from the memory of final states
+    assert r.status is OrderStatus.CANCELLED and again == r
+
+
+async def test_double_filled_collision_is_filled(fx: FakeExchange) -> None:
+    """Cancel accepted while the order executes: two Filled pushes; the answer is Filled."""
+    o = fx.seed_order(qty="0.030")
+    fx.add_fault(Fault.DOUBLE_FILLED, order_id=o.order_id)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+        await fx.wait_idle()
+    assert r.status is OrderStatus.FILLED and not r.cancelled
+    assert r.reject_reason == "EC_NoError"  # the first Filled wins
+    assert fx.order(o.order_id).status == "Filled"
+
+
+async def test_fill_before_cancel(fx: FakeExchange) -> None:
+    o = fx.seed_order()
+    fx.add_fault(Fault.FILL_BEFORE_CANCEL, order_id=o.order_id)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+    assert r.status is OrderStatus.FILLED
+
+
+# ---------------------------------------------------------------------------- REST failures
+
+
+@pytest.mark.parametrize("applied", [False, True])
+async def test_http_502_resends(fx: FakeExchange, applied: bool) -> None:
+    """A 502 is re-sent; if the first cancel did land, the re-send's 110001 is looked up."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.HTTP_502, order_id=o.order_id, applied=applied)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+        assert client.rest_stats.retries >= 1
+    assert r.status is OrderStatus.CANCELLED
+    assert cancel_requests(fx) == 2
+
+
+async def test_http_timeout_resends(fx: FakeExchange) -> None:
+    """The HTTP answer never comes in time: the cancel is re-sent and the truth still found."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.REST_TIMEOUT, order_id=o.order_id, delay=3.0)
+    async with fast_client(fx, http_timeout=0.2) as client:
+        r = await cancel(client, o.order_id)
+    assert r.status is OrderStatus.CANCELLED
+    assert cancel_requests(fx) >= 2
+
+
+async def test_10006_waits_for_reset(fx: FakeExchange) -> None:
+    """10006 with a reset timestamp: the client waits until then and retries."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.RATE_LIMIT_10006, order_id=o.order_id, delay=0.3)
+    async with fast_client(fx) as client:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        r = await cancel(client, o.order_id)
+        assert loop.time() - t0 >= 0.2
+        assert client.rest_stats.rate_limit_waits >= 1
+    assert r.status is OrderStatus.CANCELLED and cancel_requests(fx) == 2
+
+
+async def test_http_429_retried(fx: FakeExchange) -> None:
+    o = fx.seed_order()
+    fx.add_fault(Fault.HTTP_429, order_id=o.order_id)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+    assert r.status is OrderStatus.CANCELLED and cancel_requests(fx) == 2
+
+
+async def test_limiter_slows_down_before_bybit_refuses(fx: FakeExchange) -> None:
+    """Fed by X-Bapi-Limit-Status, the client waits for the window instead of getting 10006."""
+    fx.rate_limits["/v5/order/cancel"] = 4
+    orders = [fx.seed_order() for _ in range(9)]
+    async with fast_client(fx) as client:
+        for o in orders:
+            r = await cancel(client, o.order_id)
+            assert r.cancelled
+        assert client.rest_stats.rate_limit_waits >= 1
+    # every order was cancelled with exactly one request: Bybit never had to refuse one
+    assert cancel_requests(fx) == len(orders)
+
+
+async def test_10002_resyncs_clock_once(fx: FakeExchange) -> None:
+    """10002 once: measure the offset from /v5/market/time, retry once, succeed."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.TIMESTAMP_10002, order_id=o.order_id)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+        assert client.rest_stats.clock_resyncs == 1
+    assert r.cancelled and cancel_requests(fx) == 2
+
+
+async def test_skewed_clock_applies_offset_to_rest_and_ws(fx: FakeExchange) -> None:
+    """The server clock runs 30 s ahead: websocket auth and REST both work after one resync."""
+    fx.clock_offset_ms = 30_000
+    o = fx.seed_order()
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+        assert abs(client._clock.offset_ms - 30_000) < 1_000
+        assert client.rest_stats.clock_resyncs == 1
+    assert r.cancelled
+
+
+async def test_http_403_is_typed_and_not_retried(fx: FakeExchange) -> None:
+    """An IP ban (403) raises HTTPStatusError at once: no retry storm."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.HTTP_403, order_id=o.order_id)
+    async with fast_client(fx) as client:
+        with pytest.raises(HTTPStatusError) as info:
+            await cancel(client, o.order_id)
+        assert client.pending_count == 0
+    assert info.value.status == 403 and cancel_requests(fx) == 1
+
+
+# ------------------------------------------------------------------- shutdown and cancellation
+
+
+async def test_aclose_during_backoff_returns_promptly(fx: FakeExchange) -> None:
+    """Callers sleeping in a REST backoff get ClientClosedError as soon as the client closes."""
+    orders = [fx.seed_order() for _ in range(50)]
+    fx.add_fault(Fault.HTTP_502, times=None)
+    client = fast_client(fx, max_retries=1000)
+    await client.__aenter__()
+    tasks = [asyncio.create_task(cancel(client, o.order_id)) for o in orders]
+    await wait_until(lambda: cancel_requests(fx) >= 100)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await client.aclose()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2)
+    assert loop.time() - t0 < 1.5
+    assert all(isinstance(x, ClientClosedError) for x in results), Counter(map(type, results))
+    assert client_tasks() == []
+
+
+async def test_aclose_while_reconnecting_with_thousands_pending(fx: FakeExchange) -> None:
+    """aclose() during reconnect backoff with 2,000 pending: prompt, all fail, nothing left."""
+    orders = [fx.seed_order() for _ in range(2000)]
+    fx.add_fault(Fault.DELAY_PUSH, times=None, delay=60)
+    client = fast_client(fx, push_grace=60.0, reconnect_backoff=(5.0, 5.0))
+    await client.__aenter__()
+    tasks = [asyncio.create_task(cancel(client, o.order_id)) for o in orders]
+    await wait_until(lambda: len(fx.fault_log) >= len(orders), timeout=20)
+    await fx.disconnect_all()
+    await wait_until(lambda: client.connection_state is ConnectionState.RECONNECTING)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await client.aclose()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert loop.time() - t0 < 2.0
+    assert all(isinstance(x, ClientClosedError) for x in results)
+    assert client_tasks() == [] and client.pending_count == 0
+
+
+async def test_pending_removed_on_every_exit_path(fx: FakeExchange) -> None:
+    """Success, not-found, API error, timeout and cancellation each leave the tracker empty."""
+    async with fast_client(fx, push_grace=30.0) as client:
+        o = fx.seed_order()
+        await cancel(client, o.order_id)
+        with pytest.raises(BybitError):
+            await cancel(client, "missing")
+        slow = fx.seed_order()
+        fx.add_fault(Fault.DELAY_PUSH, order_id=slow.order_id, delay=30)
+        with pytest.raises(ConfirmationTimeout):
+            await client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=slow.order_id, timeout=0.2
+            )
+        assert client.pending_count == 0 and client._tracker.pending() == []
+
+
+# ----------------------------------------------------------------------------------- chaos
+
+
+async def test_seeded_chaos_200_concurrent(
+    fx: FakeExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 concurrent cancels with random faults: every answer is the fake's own truth, nothing
+    hangs, no task or pending entry is left, and no secret reaches the DEBUG log."""
+    caplog.set_level(logging.DEBUG)
+    rng = random.Random(2026)
+    fx.set_chaos(rate=0.3, seed=11, delay=0.4)
+    orders = []
+    for i in range(200):
+        category = rng.choice(["linear", "spot"])
+        o = fx.seed_order(
+            category=category, symbol="BTCUSDT", qty="1.000", order_link_id=f"chaos-{i}"
+        )
+        if rng.random() < 0.2:
+            fx.fill(o.order_id, "0.500")
+        orders.append(o)
+    async with fast_client(fx, http_timeout=0.2) as client:
+
+        async def one(i: int):  # type: ignore[no-untyped-def]
+            o = orders[i]
+            kw = {"order_id": o.order_id} if i % 2 else {"order_link_id": o.order_link_id}
+            return await client.cancel_order(
+                category=o.category, symbol="BTCUSDT", timeout=15, **kw
+            )
+
+        results = await asyncio.wait_for(
+            asyncio.gather(*(one(i) for i in range(len(orders))), return_exceptions=True), 25
+        )
+        assert client.pending_count == 0
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == []
+    for o, r in zip(orders, results, strict=True):
+        truth = fx.order(o.order_id)
+        assert r.order_id == o.order_id
+        assert r.status == truth.status, (
+            o.order_id,
+            r,
+            truth,
+            [f for f in fx.fault_log if f[0] == o.order_id],
+        )
+        assert r.status.is_final
+    assert len(fx.fault_log) > 30  # faults really fired
+    assert client_tasks() == []
+    assert SECRET not in caplog.text
