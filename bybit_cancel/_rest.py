@@ -160,6 +160,13 @@ class RestClient:
         self._max_retries = max_retries
         self._rng = rng
         self.stats = RestStats()
+        # Sign only once a pooled connection is (about to be) free: aiohttp would otherwise queue
+        # an already-signed request while a burst drains, and a request signed more than
+        # recv_window before Bybit reads it is refused with 10002 (§1 Timestamp window).
+        connector = session.connector
+        limits = [] if connector is None else [connector.limit, connector.limit_per_host]
+        slots = min((n for n in limits if n), default=0)
+        self._gate = asyncio.Semaphore(slots) if slots else None
 
     # -- endpoints -----------------------------------------------------------------------------
 
@@ -311,6 +318,13 @@ class RestClient:
         await asyncio.sleep(delay)
 
     async def _once(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any, bytes]:
+        gate = self._gate
+        if gate is None:
+            return await self._send(method, path, params)
+        async with gate:
+            return await self._send(method, path, params)
+
+    async def _send(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any, bytes]:
         self.stats.requests += 1
         if method == "GET":
             # Bybit signs the query string exactly as sent (§1). Values here are symbols, ids and

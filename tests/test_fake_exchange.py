@@ -46,7 +46,9 @@ def fixture(name: str) -> Any:
     return json.loads((_fixture_dir() / name).read_text())
 
 
-def assert_same_shape(actual: dict[str, Any], expected: dict[str, Any], *, order: bool = False):
+def assert_same_shape(
+    actual: dict[str, Any], expected: dict[str, Any], *, order: bool = False
+) -> None:
     """Same key set and the same JSON type for every key (and optionally the same key order)."""
     if order:
         assert list(actual) == list(expected)
@@ -955,18 +957,24 @@ async def test_pybit_official_client() -> None:
 
         def make_ws() -> Any:
             with mock.patch.object(pybit_ut, "PRIVATE_WSS", fx.ws_url):
-                # pybit's default 1 s expiry margin is enough against a local clock.
+                # pybit's default expires margin is 1 s, which fails under load (pybit #152,
+                # protocol §3); +10 s is the documented workaround.
                 return pybit_ut.WebSocket(
-                    testnet=False, channel_type="private", api_key=KEY, api_secret=SECRET
+                    testnet=False,
+                    channel_type="private",
+                    api_key=KEY,
+                    api_secret=SECRET,
+                    private_auth_expire=10,
                 )
 
         ws = await asyncio.wait_for(asyncio.to_thread(make_ws), 10)
         try:
             await asyncio.wait_for(asyncio.to_thread(ws.order_stream, on_order), 10)
-            for _ in range(200):  # bounded poll for pybit's auth+subscribe round trip
+            for _ in range(1000):  # bounded poll (10 s) for pybit's auth + subscribe
                 if fx.auth_count and any(m.get("op") == "subscribe" for m in fx.ws_received):
                     break
                 await asyncio.sleep(0.01)
+            assert fx.auth_count == 1, fx.ws_received
             await fx.wait_idle()
             session = pybit_ut.HTTP(api_key=KEY, api_secret=SECRET, testnet=False)
             session.endpoint = fx.rest_url

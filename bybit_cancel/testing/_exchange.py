@@ -1,0 +1,1691 @@
+"""A protocol-faithful local fake of Bybit v5: REST + private websocket on one aiohttp port.
+
+Every behaviour here mirrors /work/shared/bybit-protocol.md ("protocol §N" below) and the real
+messages in /work/shared/fixtures/bybit. Where Bybit's behaviour is not documented, the choice
+made is marked "undocumented" in a comment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import random
+import string
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+from aiohttp import WSMsgType, web
+
+__all__ = ["FakeExchange", "FakeOrder", "Fault", "RecordedRequest"]
+
+log = logging.getLogger(__name__)
+
+CATEGORIES: Final = frozenset({"linear", "inverse", "spot", "option"})
+SPOT_FILTERS: Final = frozenset({"Order", "tpslOrder", "StopOrder"})
+OPEN_STATUSES: Final = frozenset({"New", "PartiallyFilled", "Untriggered", "Triggered"})
+# protocol §5: the final set used for confirmation.
+FINAL_STATUSES: Final = frozenset(
+    {"Cancelled", "PartiallyFilledCanceled", "Filled", "Rejected", "Deactivated"}
+)
+DEFAULT_RATE_LIMIT: Final = 10_000
+MAX_ORDERS_PER_PUSH: Final = 50
+_PRIVATE_TOPICS: Final = frozenset(
+    {"order", "execution", "execution.fast", "position", "wallet", "greeks", "dcp"}
+)
+_CATEGORISED_FAMILIES: Final = frozenset({"order", "execution", "execution.fast"})
+_LINK_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_")
+_ZERO: Final = Decimal(0)
+
+_KIND_CTL: Final = 0
+_KIND_PUSH: Final = 1
+_KIND_PONG: Final = 2
+
+
+def _dumps(obj: Any) -> str:
+    # Bybit sends compact JSON (fixtures ws-private/order.push.linear-cancelled.json, rest/*observed*).
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dec(s: str | None) -> Decimal:
+    if not s:
+        return _ZERO
+    try:
+        return Decimal(s)
+    except InvalidOperation:
+        return _ZERO
+
+
+def _places(s: str) -> int:
+    exp = _dec(s).as_tuple().exponent
+    return -exp if isinstance(exp, int) and exp < 0 else 0
+
+
+def _plain(d: Decimal) -> str:
+    if d == 0:
+        return "0"
+    return format(d.normalize(), "f")
+
+
+def _padded(d: Decimal, places: int) -> str:
+    return f"{d:.{places}f}"
+
+
+class Fault(enum.StrEnum):
+    """Faults injected on ``POST /v5/order/cancel`` (see ``FakeExchange.add_fault``)."""
+
+    DELAY_PUSH = enum.auto()
+    PUSH_BEFORE_ACK = enum.auto()
+    DROP_PUSH = enum.auto()
+    DUPLICATE_PUSH = enum.auto()
+    STALE_AFTER_FINAL = enum.auto()
+    CLOSE_WS_AFTER_ACK = enum.auto()
+    STALL_WS_AFTER_ACK = enum.auto()
+    HTTP_502 = enum.auto()
+    REST_TIMEOUT = enum.auto()
+    RATE_LIMIT_10006 = enum.auto()
+    TIMESTAMP_10002 = enum.auto()
+    HTTP_403 = enum.auto()
+    HTTP_429 = enum.auto()
+    FILL_BEFORE_CANCEL = enum.auto()
+    DOUBLE_FILLED = enum.auto()
+
+
+# Faults that act on the HTTP exchange alone; they can fire whether or not the order exists.
+_TRANSPORT_FAULTS: Final = frozenset(
+    {
+        Fault.HTTP_502,
+        Fault.REST_TIMEOUT,
+        Fault.RATE_LIMIT_10006,
+        Fault.TIMESTAMP_10002,
+        Fault.HTTP_403,
+        Fault.HTTP_429,
+    }
+)
+# Chaos default: every fault after which the truth can still be learned (by WS or REST).
+# HTTP_403 means "stop for 10 minutes" (protocol §7) and TIMESTAMP_10002 asks for a clock
+# resync, so neither belongs in a random mix.
+_CHAOS_DEFAULT: Final = tuple(f for f in Fault if f not in {Fault.HTTP_403, Fault.TIMESTAMP_10002})
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One HTTP request as the fake received it (raw query string and raw body bytes)."""
+
+    method: str
+    path: str
+    query: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(eq=False)
+class FakeOrder:
+    """The fake's own record of an order: the truth tests compare against.
+
+    String fields hold Bybit's wire formatting for the order's category (protocol §4).
+    """
+
+    order_id: str
+    order_link_id: str
+    category: str
+    symbol: str
+    side: str
+    order_type: str
+    price: str
+    qty: str
+    status: str = "New"
+    cum_exec_qty: str = "0"
+    leaves_qty: str = ""
+    cancel_type: str = "UNKNOWN"
+    reject_reason: str = "EC_NoError"
+    created_time: int = 0
+    updated_time: int = 0
+    trigger_price: str | None = None
+    order_filter: str = "Order"
+    stop_order_type: str = ""
+    time_in_force: str = "GTC"
+    position_idx: int = 0
+    reduce_only: bool = False
+    trigger_direction: int = 0
+    avg_price: str = ""
+    _cancel_pending: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def is_final(self) -> bool:
+        """True when ``status`` is one of Bybit's final order statuses."""
+        return self.status in FINAL_STATUSES
+
+
+@dataclass(eq=False)
+class _FaultSpec:
+    fault: Fault
+    order_id: str | None
+    remaining: int | None
+    delay: float
+    applied: bool
+
+
+@dataclass(eq=False)
+class _Conn:
+    ws: web.WebSocketResponse
+    conn_id: str
+    transport: asyncio.Transport | None
+    queue: asyncio.Queue[tuple[int, str | bytes, asyncio.Future[None] | None]]
+    authed: bool = False
+    stalled: bool = False
+    closed: bool = False
+    topics: set[str] = field(default_factory=set)
+    order_topics: list[str] = field(default_factory=list)
+    writer: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _AuthError(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__("auth failed")
+        self.response = response
+
+
+class FakeExchange:
+    """A local Bybit v5 fake: REST and the private websocket on one 127.0.0.1 port.
+
+    Use ``await fx.start()`` / ``await fx.stop()`` or ``async with FakeExchange(...) as fx``.
+    """
+
+    def __init__(
+        self,
+        api_key: str = "test-key",
+        api_secret: str = "test-secret",
+        *,
+        push_delay: float = 0.0,
+        recv_window_check: bool = True,
+        seed: int = 0,
+        rate_limits: Mapping[str, int] | None = None,
+        realtime_closed_limit: int | None = 500,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.push_delay = push_delay
+        self.recv_window_check = recv_window_check
+        self.rate_limits: dict[str, int] = dict(rate_limits or {})
+        self.realtime_closed_limit = realtime_closed_limit
+        self.clock_offset_ms: int = 0
+        self.refuse_auth: bool = False
+        self.requests: list[RecordedRequest] = []
+        self.ws_received: list[dict[str, Any]] = []
+        self.pushes_sent: int = 0
+        self.auth_count: int = 0
+        self.fault_log: list[tuple[str, Fault]] = []
+
+        self._host = host
+        self._port = port
+        self._credentials: dict[str, str] = {api_key: api_secret}
+        self._rng = random.Random(seed)
+        self._uid = 100_000_000 + self._rng.randrange(900_000_000)
+        self._spot_seq = 1_700_000_000_000_000_000 + self._rng.randrange(10**15)
+        self._push_seq = itertools.count(8_000_000_000 + self._rng.randrange(10**9))
+        self._conn_seq = itertools.count(1)
+
+        self._orders: dict[str, FakeOrder] = {}
+        self._by_link: dict[str, str] = {}
+        self._open: dict[tuple[str, str], dict[str, FakeOrder]] = {}
+        self._rt_closed: dict[str, OrderedDict[str, None]] = {}
+        self._history: dict[str, dict[str, None]] = {}
+
+        self._windows: dict[tuple[str, str], deque[float]] = {}
+        self._faults: list[_FaultSpec] = []
+        self._chaos_rate = 0.0
+        self._chaos_rng = random.Random(1)
+        self._chaos_faults: tuple[Fault, ...] = _CHAOS_DEFAULT
+        self._chaos_delay = 1.0
+        self._chaos_drawn: set[str] = set()
+
+        self._conns: dict[str, _Conn] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: dict[int, asyncio.Handle] = {}
+        self._timer_seq = itertools.count()
+        self._pending: list[dict[str, Any]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._bound_port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Bind the server (127.0.0.1, port 0 by default) and start serving."""
+        if self._runner is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopping.clear()
+        app = web.Application(middlewares=[self._record_middleware])
+        app.router.add_get("/v5/market/time", self._h_market_time)
+        app.router.add_post("/v5/order/create", self._h_create)
+        app.router.add_post("/v5/order/cancel", self._h_cancel)
+        app.router.add_get("/v5/order/realtime", self._h_realtime)
+        app.router.add_get("/v5/order/history", self._h_history)
+        app.router.add_get("/v5/private", self._h_ws)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        await site.start()
+        self._runner = runner
+        self._bound_port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Close every websocket and the server; cancel every task the fake started. Idempotent."""
+        self._stopping.set()
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self._idle.set()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending.clear()
+        for conn in list(self._conns.values()):
+            self._drop_conn(conn, abort=True)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeExchange:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (after ``start()``)."""
+        if self._bound_port is None:
+            raise RuntimeError("FakeExchange is not started")
+        return self._bound_port
+
+    @property
+    def rest_url(self) -> str:
+        """Base REST URL, e.g. ``http://127.0.0.1:PORT``."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """Private websocket URL, ``ws://127.0.0.1:PORT/v5/private``."""
+        return f"ws://{self._host}:{self.port}/v5/private"
+
+    @property
+    def connections(self) -> int:
+        """Number of websocket connections open right now."""
+        return len(self._conns)
+
+    def add_credentials(self, api_key: str, api_secret: str) -> None:
+        """Accept another API key (all keys share one order book)."""
+        self._credentials[api_key] = api_secret
+
+    def now_ms(self) -> int:
+        """The fake's server clock in ms (local clock + ``clock_offset_ms``)."""
+        return time.time_ns() // 1_000_000 + self.clock_offset_ms
+
+    # ------------------------------------------------------------------ book: public helpers
+
+    def seed_order(
+        self,
+        category: str = "linear",
+        symbol: str = "BTCUSDT",
+        side: str = "Buy",
+        qty: str = "0.01",
+        price: str = "30000",
+        order_link_id: str = "",
+        order_type: str = "Limit",
+        trigger_price: str | None = None,
+        order_filter: str = "Order",
+    ) -> FakeOrder:
+        """Place a resting order directly in the book (New, or Untriggered with a trigger price).
+
+        Pushes nothing. For spot, ``order_filter`` "StopOrder"/"tpslOrder" puts the order in
+        that book, and a cancel must name the same ``orderFilter`` (protocol §6).
+        """
+        if category not in CATEGORIES:
+            raise ValueError(f"unknown category {category!r}")
+        if order_link_id and order_link_id in self._by_link:
+            raise ValueError(f"duplicate order_link_id {order_link_id!r}")
+        if category == "spot" and order_filter not in SPOT_FILTERS:
+            raise ValueError(f"bad spot order_filter {order_filter!r}")
+        return self._new_order(
+            category=category,
+            symbol=symbol,
+            side=side,
+            order_type=order_type,
+            qty=qty,
+            price=price,
+            order_link_id=order_link_id,
+            trigger_price=trigger_price or None,
+            order_filter=order_filter if category == "spot" else None,
+            time_in_force="GTC",
+            position_idx=0,
+            reduce_only=False,
+            trigger_direction=0,
+        )
+
+    def order(self, order_id: str) -> FakeOrder:
+        """The fake's record of ``order_id`` (KeyError if unknown)."""
+        return self._orders[order_id]
+
+    def order_by_link_id(self, order_link_id: str) -> FakeOrder:
+        """The fake's record of the order with this ``orderLinkId`` (KeyError if unknown)."""
+        return self._orders[self._by_link[order_link_id]]
+
+    def fill(
+        self, order_id: str, qty: str | Decimal | None = None, *, push: bool = True
+    ) -> FakeOrder:
+        """Fill the order fully (``qty=None``) or by ``qty``; push PartiallyFilled/Filled."""
+        order = self._orders[order_id]
+        if order.is_final:
+            raise ValueError(f"order {order_id} is already {order.status}")
+        self._do_fill(order, None if qty is None else Decimal(qty))
+        if push:
+            self._emit([self._ws_order(order)])
+        return order
+
+    def trigger(self, order_id: str) -> FakeOrder:
+        """Trigger a conditional order: push Triggered, then New (protocol §5)."""
+        order = self._orders[order_id]
+        if order.status != "Untriggered":
+            raise ValueError(f"order {order_id} is {order.status}, not Untriggered")
+        order.status = "Triggered"
+        self._touch(order)
+        triggered = self._ws_order(order)
+        order.status = "New"
+        if order.category == "spot":
+            # Undocumented: a triggered spot TP/SL or stop order is assumed to rest in the normal
+            # book afterwards, so a cancel then needs orderFilter "Order" (the default).
+            order.order_filter = "Order"
+        self._touch(order)
+        self._emit_now([triggered])
+        self._emit_now([self._ws_order(order)])
+        return order
+
+    def push_batch(self, order_ids: Iterable[str]) -> None:
+        """Push the current state of several orders in one frame (one ``data[]``)."""
+        self._emit_now([self._ws_order(self._orders[oid]) for oid in order_ids], chunk=False)
+
+    def restart(self) -> None:
+        """Simulate a Bybit service restart (protocol §8).
+
+        Closes every websocket and clears the ``realtime`` cache of closed orders, so only
+        ``/v5/order/history`` still knows closed orders.
+        """
+        for conn in list(self._conns.values()):
+            self._drop_conn(conn, abort=True)
+        self._rt_closed.clear()
+
+    async def disconnect_all(self) -> None:
+        """Drop every websocket from the server side, as a network drop would."""
+        conns = list(self._conns.values())
+        for conn in conns:
+            self._drop_conn(conn, abort=True)
+        waits = [asyncio.ensure_future(c.done.wait()) for c in conns]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=2.0)
+            for w in pending:
+                w.cancel()
+
+    def stall(self, stalled: bool = True) -> None:
+        """Stall (or un-stall) every open websocket.
+
+        A stalled socket stays open, but the fake sends nothing on it (no pong, no push, no
+        RFC6455 pong) and ignores its input; pushes that would have gone out are lost.
+        Connections opened later are not stalled, so a client can recover by reconnecting.
+        """
+        for conn in self._conns.values():
+            conn.stalled = stalled
+
+    async def wait_idle(self) -> None:
+        """Wait until every scheduled push has been applied and written (or dropped)."""
+        while True:
+            await self._idle.wait()
+            if self._flush_handle is not None:
+                self._flush()
+            for conn in list(self._conns.values()):
+                if not conn.closed:
+                    await conn.queue.join()
+            if self._idle.is_set() and self._flush_handle is None and not self._pending:
+                return
+
+    # ------------------------------------------------------------------ faults
+
+    def add_fault(
+        self,
+        fault: Fault,
+        *,
+        order_id: str | None = None,
+        times: int | None = 1,
+        delay: float = 1.0,
+        applied: bool = False,
+    ) -> None:
+        """Arm ``fault`` for the next ``times`` cancels (``None`` = every time).
+
+        ``order_id`` aims it at one order (matched against the cancel's orderId/orderLinkId and
+        the order's id/link id); ``None`` aims it at any cancel. Targeted faults win.
+        """
+        self._faults.append(_FaultSpec(Fault(fault), order_id, times, delay, applied))
+
+    def clear_faults(self) -> None:
+        """Disarm every fault added with ``add_fault`` (chaos is unaffected)."""
+        self._faults.clear()
+
+    def set_chaos(
+        self,
+        rate: float = 0.2,
+        seed: int = 1,
+        faults: Iterable[Fault] | None = None,
+        *,
+        delay: float = 1.0,
+    ) -> None:
+        """Give each order's first cancel a ``rate`` chance of a random fault from ``faults``.
+
+        Re-sent cancels of the same order draw nothing. ``rate=0`` disables chaos.
+        """
+        self._chaos_rate = rate
+        self._chaos_rng = random.Random(seed)
+        self._chaos_faults = tuple(faults) if faults is not None else _CHAOS_DEFAULT
+        self._chaos_delay = delay
+        self._chaos_drawn.clear()
+
+    def _pick_fault(
+        self, req_ids: tuple[str, str], order: FakeOrder | None, cancellable: bool
+    ) -> _FaultSpec | None:
+        names = {x for x in req_ids if x}
+        if order is not None:
+            names.add(order.order_id)
+            if order.order_link_id:
+                names.add(order.order_link_id)
+        chosen: _FaultSpec | None = None
+        for targeted in (True, False):
+            for spec in self._faults:
+                if targeted != (spec.order_id is not None):
+                    continue
+                if targeted and spec.order_id not in names:
+                    continue
+                if not cancellable and spec.fault not in _TRANSPORT_FAULTS:
+                    continue
+                chosen = spec
+                break
+            if chosen is not None:
+                break
+        if chosen is not None:
+            if chosen.remaining is not None:
+                chosen.remaining -= 1
+                if chosen.remaining <= 0:
+                    self._faults.remove(chosen)
+            return chosen
+        if self._chaos_rate > 0 and self._chaos_faults:
+            # One draw per order: its first cancel request. A re-sent cancel (after a 502, a
+            # timeout, a 10002...) is not drawn again, so "rate" is the share of cancels that
+            # meet a fault, and a fault happens "once before succeeding".
+            key = order.order_id if order is not None else (req_ids[0] or req_ids[1])
+            if key in self._chaos_drawn:
+                return None
+            self._chaos_drawn.add(key)
+            hit = self._chaos_rng.random() < self._chaos_rate
+            fault = self._chaos_rng.choice(self._chaos_faults)
+            if hit and (cancellable or fault in _TRANSPORT_FAULTS):
+                return _FaultSpec(fault, None, 1, self._chaos_delay, False)
+        return None
+
+    # ------------------------------------------------------------------ book internals
+
+    def _new_id(self, category: str) -> str:
+        if category == "spot":
+            # protocol §4 "Order ids": spot ids are 19-digit decimal strings above 2**53.
+            self._spot_seq += 1 + self._rng.randrange(4096)
+            return str(self._spot_seq)
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+
+    def _new_order(
+        self,
+        *,
+        category: str,
+        symbol: str,
+        side: str,
+        order_type: str,
+        qty: str,
+        price: str,
+        order_link_id: str,
+        trigger_price: str | None,
+        order_filter: str | None,
+        time_in_force: str,
+        position_idx: int,
+        reduce_only: bool,
+        trigger_direction: int,
+    ) -> FakeOrder:
+        order_id = self._new_id(category)
+        while order_id in self._orders:
+            order_id = self._new_id(category)
+        conditional = trigger_price is not None
+        if category == "spot":
+            ofilter = order_filter or "Order"
+            stop_type = {"tpslOrder": "tpslOrder", "StopOrder": "Stop"}.get(ofilter, "")
+            if conditional and not stop_type:
+                stop_type = "Stop"
+        else:
+            ofilter = "StopOrder" if conditional else "Order"
+            stop_type = "Stop" if conditional else ""
+        if conditional and not trigger_direction:
+            trigger_direction = 1 if side == "Buy" else 2
+        now = self.now_ms()
+        order = FakeOrder(
+            order_id=order_id,
+            order_link_id=order_link_id,
+            category=category,
+            symbol=symbol,
+            side=side,
+            order_type=order_type,
+            price=price,
+            qty=qty,
+            status="Untriggered" if conditional else "New",
+            created_time=now,
+            updated_time=now,
+            trigger_price=trigger_price,
+            order_filter=ofilter,
+            stop_order_type=stop_type,
+            time_in_force=time_in_force,
+            position_idx=position_idx,
+            reduce_only=reduce_only,
+            trigger_direction=trigger_direction,
+        )
+        order.cum_exec_qty = self._fmt_qty(order, _ZERO)
+        order.leaves_qty = self._fmt_qty(order, _dec(qty))
+        self._orders[order_id] = order
+        if order_link_id:
+            self._by_link[order_link_id] = order_id
+        self._open.setdefault((category, symbol), {})[order_id] = order
+        return order
+
+    @staticmethod
+    def _fmt_qty(order: FakeOrder, d: Decimal) -> str:
+        # protocol §4: spot pads quantities to the qty's precision ("0.0"), linear uses "0".
+        if order.category == "spot":
+            return _padded(d, _places(order.qty))
+        return _plain(d)
+
+    def _touch(self, order: FakeOrder) -> None:
+        # updatedTime strictly increases for the same order.
+        order.updated_time = max(self.now_ms(), order.updated_time + 1)
+
+    def _close(self, order: FakeOrder) -> None:
+        book = self._open.get((order.category, order.symbol))
+        if book is not None:
+            book.pop(order.order_id, None)
+            if not book:
+                del self._open[(order.category, order.symbol)]
+        rt = self._rt_closed.setdefault(order.category, OrderedDict())
+        rt[order.order_id] = None
+        # protocol §8: realtime keeps "a maximum of recent 500 closed status records".
+        if self.realtime_closed_limit is not None:
+            while len(rt) > self.realtime_closed_limit:
+                rt.popitem(last=False)
+        self._history.setdefault(order.category, {})[order.order_id] = None
+
+    def _do_fill(self, order: FakeOrder, qty: Decimal | None) -> None:
+        total = _dec(order.qty)
+        cum = _dec(order.cum_exec_qty)
+        add = total - cum if qty is None else min(qty, total - cum)
+        cum += add
+        order.cum_exec_qty = self._fmt_qty(order, cum)
+        order.avg_price = order.price if _dec(order.price) else "0"
+        order.cancel_type = "UNKNOWN"
+        order.reject_reason = "EC_NoError"
+        if cum >= total:
+            order.status = "Filled"
+            order.leaves_qty = "" if order.category == "option" else self._fmt_qty(order, _ZERO)
+        else:
+            order.status = "PartiallyFilled"
+            order.leaves_qty = self._fmt_qty(order, total - cum)
+        self._touch(order)
+        if order.status == "Filled":
+            self._close(order)
+
+    def _cancel_in_book(self, order: FakeOrder) -> bool:
+        """Apply a user cancel to the book; False if the order was already final."""
+        order._cancel_pending = False
+        if order.is_final:
+            return False
+        cum = _dec(order.cum_exec_qty)
+        if order.status == "Untriggered":
+            # protocol §5: untriggered conditional / spot TP/SL orders end as Deactivated.
+            order.status = "Deactivated"
+        elif order.category == "spot" and cum > 0:
+            # protocol §5: PartiallyFilledCanceled is spot only.
+            order.status = "PartiallyFilledCanceled"
+        else:
+            # protocol §5: a derivatives Cancelled may carry cumExecQty > 0.
+            order.status = "Cancelled"
+        order.cancel_type = "CancelByUser"
+        order.reject_reason = "EC_PerCancelRequest"
+        # protocol §4: after a cancel spot keeps the remaining qty, linear shows "0", option "".
+        if order.category == "spot":
+            order.leaves_qty = self._fmt_qty(order, _dec(order.qty) - cum)
+        elif order.category == "option":
+            order.leaves_qty = ""
+        else:
+            order.leaves_qty = "0"
+        self._touch(order)
+        self._close(order)
+        return True
+
+    # ------------------------------------------------------------------ wire formats
+
+    def _ws_order(self, o: FakeOrder) -> dict[str, Any]:
+        """The order as the private ``order`` topic carries it (fixture key order)."""
+        spot = o.category == "spot"
+        cum = _dec(o.cum_exec_qty)
+        avg = _dec(o.avg_price)
+        price = _dec(o.price)
+        leaves = _dec(o.leaves_qty)
+        price_places = _places(o.price)
+        if spot:
+            # ws-private/order.push.spot-cancelled.json: padded numbers.
+            none_price = _padded(_ZERO, price_places)
+            leaves_value = _padded(leaves * price, 6) if o.leaves_qty else ""
+            cum_value = _padded(cum * avg, 6)
+        else:
+            none_price = ""
+            leaves_value = _plain(leaves * price) if o.leaves_qty else ""
+            cum_value = _plain(cum * avg)
+        d: dict[str, Any] = {
+            "category": o.category,
+            "symbol": o.symbol,
+            "orderId": o.order_id,
+            "orderLinkId": o.order_link_id,
+            "blockTradeId": "",
+            "side": o.side,
+            "positionIdx": o.position_idx,
+            "orderStatus": o.status,
+            "cancelType": o.cancel_type,
+            "rejectReason": o.reject_reason,
+            "timeInForce": o.time_in_force,
+        }
+        if o.category != "option":
+            d["isLeverage"] = "0" if spot else ""
+        d.update(
+            {
+                "price": o.price,
+                "qty": o.qty,
+                "avgPrice": o.avg_price if cum > 0 else "",
+                "leavesQty": o.leaves_qty,
+                "leavesValue": leaves_value,
+                "cumExecQty": o.cum_exec_qty,
+                "cumExecValue": cum_value,
+                "cumExecFee": "0",
+                "orderType": o.order_type,
+                "stopOrderType": o.stop_order_type,
+                "orderIv": "",
+                "triggerPrice": o.trigger_price or none_price,
+                "takeProfit": none_price,
+                "stopLoss": none_price,
+                "triggerBy": "LastPrice" if o.trigger_price else "",
+                "tpTriggerBy": "",
+                "slTriggerBy": "",
+                "triggerDirection": o.trigger_direction,
+                "placeType": "",
+                "lastPriceOnCreated": o.price,
+                "closeOnTrigger": False,
+                "reduceOnly": o.reduce_only,
+                "smpGroup": 0,
+                "smpType": "None",
+                "smpOrderId": "",
+            }
+        )
+        if not spot:
+            # ws-private/order.push.linear-cancelled.json; createType is absent for spot/option.
+            d["slLimitPrice"] = "0"
+            d["tpLimitPrice"] = "0"
+            d["tpslMode"] = "UNKNOWN"
+            if o.category != "option":
+                d["createType"] = "CreateByUser"
+        d["marketUnit"] = ""
+        d["createdTime"] = str(o.created_time)
+        d["updatedTime"] = str(o.updated_time)
+        d["feeCurrency"] = ""
+        return d
+
+    def _rest_order(self, o: FakeOrder, history: bool) -> dict[str, Any]:
+        """The order as /v5/order/realtime (or /history) returns it (fixture key order).
+
+        REST uses "UNKNOWN" markers and avgPrice "0" where WS uses "" (protocol §4, §8).
+        """
+        qp = _places(o.qty)
+        pp = _places(o.price)
+        cum = _dec(o.cum_exec_qty)
+        avg = _dec(o.avg_price)
+        price = _dec(o.price)
+        leaves = _dec(o.leaves_qty)
+        zero_price = _padded(_ZERO, pp)
+        d: dict[str, Any] = {
+            "orderId": o.order_id,
+            "orderLinkId": o.order_link_id,
+            "blockTradeId": "",
+            "symbol": o.symbol,
+            "price": o.price,
+            "qty": o.qty,
+            "side": o.side,
+            "isLeverage": "0" if o.category == "spot" else "",
+            "positionIdx": o.position_idx,
+            "orderStatus": o.status,
+            "cancelType": o.cancel_type,
+            "rejectReason": o.reject_reason,
+            "avgPrice": o.avg_price if cum > 0 else "0",
+            "leavesQty": _padded(leaves, qp),
+            "leavesValue": _plain(leaves * price),
+            "cumExecQty": _padded(cum, qp),
+            "cumExecValue": _plain(cum * avg),
+            "cumExecFee": "0",
+            "timeInForce": o.time_in_force,
+            "orderType": o.order_type,
+            "stopOrderType": o.stop_order_type or "UNKNOWN",
+            "orderIv": "",
+            "triggerPrice": o.trigger_price or zero_price,
+            "takeProfit": zero_price,
+            "stopLoss": zero_price,
+            "tpTriggerBy": "UNKNOWN",
+            "slTriggerBy": "UNKNOWN",
+            "triggerDirection": o.trigger_direction,
+            "triggerBy": "LastPrice" if o.trigger_price else "UNKNOWN",
+            "lastPriceOnCreated": "",
+            "reduceOnly": o.reduce_only,
+            "closeOnTrigger": False,
+            "smpType": "None",
+            "smpGroup": 0,
+            "smpOrderId": "",
+            "tpslMode": "",
+            "tpLimitPrice": "",
+            "slLimitPrice": "",
+            "placeType": "",
+        }
+        if history:
+            d["slippageToleranceType"] = "UNKNOWN"
+            d["slippageTolerance"] = ""
+        d["createdTime"] = str(o.created_time)
+        d["updatedTime"] = str(o.updated_time)
+        if history:
+            d["extraFees"] = ""
+        d["cumFeeDetail"] = {}
+        if history:
+            d["rpiTakerAccess"] = False
+            d["rpiMatchedQty"] = "0"
+        return d
+
+    def _envelope(self, result: dict[str, Any], code: int = 0, msg: str = "OK") -> str:
+        return _dumps(
+            {
+                "retCode": code,
+                "retMsg": msg,
+                "result": result,
+                "retExtInfo": {},
+                "time": self.now_ms(),
+            }
+        )
+
+    def _json(
+        self, result: dict[str, Any], headers: Mapping[str, str] | None = None
+    ) -> web.Response:
+        return web.Response(
+            text=self._envelope(result), content_type="application/json", headers=headers
+        )
+
+    def _err(self, code: int, msg: str, headers: Mapping[str, str] | None = None) -> web.Response:
+        # protocol §1: business errors are HTTP 200 with retCode != 0 and "result":{}.
+        return web.Response(
+            text=self._envelope({}, code, msg), content_type="application/json", headers=headers
+        )
+
+    def _err_10002(
+        self, req_ts: str, recv_window: int, headers: Mapping[str, str] | None = None
+    ) -> web.Response:
+        # rest/error-10002.response.json: the observed text format.
+        msg = (
+            "invalid request, please check your server timestamp or recv_window param. "
+            f"req_timestamp[{req_ts}],server_timestamp[{self.now_ms()}],recv_window[{recv_window}]"
+        )
+        return self._err(10002, msg, headers)
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    @web.middleware
+    async def _record_middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Any],
+    ) -> web.StreamResponse:
+        body = await request.read() if request.can_read_body else b""
+        self.requests.append(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                query=request.raw_path.partition("?")[2],
+                body=body,
+                headers=dict(request.headers),
+            )
+        )
+        resp = await handler(request)
+        assert isinstance(resp, web.StreamResponse)
+        return resp
+
+    def _authenticate(self, request: web.Request, payload: bytes) -> str:
+        """Check protocol §1 auth; return the API key or raise _AuthError."""
+        h = request.headers
+        key = h.get("X-BAPI-API-KEY")
+        ts = h.get("X-BAPI-TIMESTAMP")
+        sign = h.get("X-BAPI-SIGN")
+        if not key or not ts or not sign:
+            # protocol §1 "HTTP status codes": 401 when the auth params are not in the headers.
+            # The body of that 401 is undocumented; a short non-JSON text is sent.
+            raise _AuthError(web.Response(status=401, text="401 Unauthorized"))
+        secret = self._credentials.get(key)
+        if secret is None:
+            raise _AuthError(self._err(10003, "API key is invalid."))
+        rw_raw = h.get("X-BAPI-RECV-WINDOW", "5000")  # protocol §1: default 5000
+        try:
+            recv_window = int(rw_raw)
+            ts_int = int(ts)
+        except ValueError:
+            raise _AuthError(
+                self._err(10001, "params error: invalid timestamp or recv_window")
+            ) from None
+        if self.recv_window_check:
+            server = self.now_ms()
+            # protocol §1: server_time - recv_window <= timestamp < server_time + 1000
+            if not server - recv_window <= ts_int < server + 1000:
+                raise _AuthError(self._err_10002(ts, recv_window))
+        # X-BAPI-SIGN-TYPE is accepted and ignored (protocol §1).
+        # The signature covers the exact bytes received, never a re-serialisation (protocol §1).
+        prefix = f"{ts}{key}{rw_raw}".encode()
+        expected = hmac.new(secret.encode(), prefix + payload, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, sign):
+            # rest/error-10004.response.json: echoes ts+key+recv_window+payload, never the secret.
+            origin = (prefix + payload).decode("utf-8", errors="replace")
+            raise _AuthError(self._err(10004, f"error sign! origin_string[{origin}]"))
+        return key
+
+    def _rate(self, endpoint: str, category: str) -> tuple[bool, dict[str, str]]:
+        """protocol §7: rolling 1-second window per (endpoint, category); returns headers."""
+        limit = self.rate_limits.get(endpoint, DEFAULT_RATE_LIMIT)
+        window = self._windows.get((endpoint, category))
+        if window is None:
+            window = self._windows[(endpoint, category)] = deque()
+        now = time.monotonic()
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        now_ms = self.now_ms()
+        if len(window) >= limit:
+            reset = now_ms + max(1, int((window[0] + 1.0 - now) * 1000) + 1)
+            return False, self._limit_headers(limit, 0, reset)
+        window.append(now)
+        return True, self._limit_headers(limit, limit - len(window), now_ms)
+
+    @staticmethod
+    def _limit_headers(limit: int, status: int, reset: int) -> dict[str, str]:
+        return {
+            "X-Bapi-Limit": str(limit),
+            "X-Bapi-Limit-Status": str(status),
+            "X-Bapi-Limit-Reset-Timestamp": str(reset),
+        }
+
+    @staticmethod
+    def _parse_body(raw: bytes) -> dict[str, Any] | None:
+        try:
+            obj = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    @staticmethod
+    def _opt_str(params: Mapping[str, Any], key: str) -> str | None:
+        """A string param; None/"" count as absent (the docs send "orderLinkId": null)."""
+        v = params.get(key)
+        if v is None or v == "":
+            return None
+        if not isinstance(v, str):
+            raise ValueError(key)
+        return v
+
+    def _lookup(self, order_id: str | None, link_id: str | None) -> FakeOrder | None:
+        # protocol §6: orderId is processed first when both are given.
+        if order_id is not None:
+            return self._orders.get(order_id)
+        if link_id is not None:
+            oid = self._by_link.get(link_id)
+            return None if oid is None else self._orders.get(oid)
+        return None
+
+    @staticmethod
+    def _not_found(category: str) -> tuple[int, str]:
+        # protocol §6: spot answers 170213 "Order does not exist." (with the dot).
+        if category == "spot":
+            return 170213, "Order does not exist."
+        return 110001, "Order does not exist"
+
+    # ------------------------------------------------------------------ REST handlers
+
+    async def _h_market_time(self, request: web.Request) -> web.Response:
+        ns = time.time_ns() + self.clock_offset_ms * 1_000_000
+        result = {"timeSecond": str(ns // 1_000_000_000), "timeNano": str(ns)}
+        body = _dumps(
+            {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": ns // 10**6}
+        )
+        return web.Response(text=body, content_type="application/json")
+
+    async def _h_create(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            self._authenticate(request, raw)
+        except _AuthError as e:
+            return e.response
+        p = self._parse_body(raw)
+        if p is None:
+            return self._err(10001, "params error: invalid request body")
+        category = p.get("category")
+        ok, rl = self._rate("/v5/order/create", category if isinstance(category, str) else "")
+        if not ok:
+            return self._err(10006, "Too many visits!", rl)
+        if category not in CATEGORIES:
+            return self._err(10001, "params error: Illegal category", rl)
+        assert isinstance(category, str)
+        try:
+            symbol = self._opt_str(p, "symbol")
+            side = self._opt_str(p, "side")
+            order_type = self._opt_str(p, "orderType")
+            qty = self._opt_str(p, "qty")
+            price = self._opt_str(p, "price")
+            link = self._opt_str(p, "orderLinkId") or ""
+            trigger = self._opt_str(p, "triggerPrice")
+            ofilter = self._opt_str(p, "orderFilter")
+            tif = self._opt_str(p, "timeInForce") or "GTC"
+        except ValueError as e:
+            return self._err(10001, f"params error: {e} must be a string", rl)
+        for name, val in (("symbol", symbol), ("side", side), ("orderType", order_type)):
+            if val is None:
+                return self._err(10001, f"params error: {name} is required", rl)
+        if qty is None or _dec(qty) <= 0:
+            return self._err(10001, "params error: qty is invalid", rl)
+        if side not in ("Buy", "Sell"):
+            return self._err(10001, "params error: side invalid", rl)
+        if order_type not in ("Limit", "Market"):
+            return self._err(10001, "params error: orderType invalid", rl)
+        if order_type == "Limit" and (price is None or _dec(price) <= 0):
+            return self._err(10001, "params error: price is required for Limit orders", rl)
+        if category == "option" and not link:
+            # protocol §11: orderLinkId is required for options.
+            return self._err(10001, "params error: orderLinkId is required", rl)
+        if link and (len(link) > 36 or not set(link) <= _LINK_ID_CHARS):
+            return self._err(10001, "params error: orderLinkId is invalid", rl)
+        if link and link in self._by_link:
+            # protocol §11: 110072 (spot: 170141).
+            if category == "spot":
+                return self._err(170141, "Duplicate clientOrderId", rl)
+            return self._err(110072, "OrderLinkedID is duplicate", rl)
+        if category == "spot":
+            ofilter = ofilter or "Order"
+            if ofilter not in SPOT_FILTERS:
+                return self._err(170201, "Invalid orderFilter parameter", rl)
+            if ofilter == "Order":
+                # protocol §11 / create-order.mdx: spot triggerPrice only counts for
+                # tpslOrder / StopOrder.
+                trigger = None
+        else:
+            ofilter = None
+        pos = p.get("positionIdx", 0)
+        tdir = p.get("triggerDirection", 0)
+        assert symbol is not None and side is not None and order_type is not None
+        order = self._new_order(
+            category=category,
+            symbol=symbol,
+            side=side,
+            order_type=order_type,
+            qty=qty,
+            price=price or "0",
+            order_link_id=link,
+            trigger_price=trigger,
+            order_filter=ofilter,
+            time_in_force="IOC" if order_type == "Market" else tif,
+            position_idx=pos if isinstance(pos, int) else 0,
+            reduce_only=p.get("reduceOnly") is True,
+            trigger_direction=tdir if isinstance(tdir, int) else 0,
+        )
+        resp = self._json({"orderId": order.order_id, "orderLinkId": order.order_link_id}, rl)
+        # protocol §11: the create ack is asynchronous; the state follows on the WS stream.
+        await resp.prepare(request)
+        await resp.write_eof()
+        if order_type == "Market" and trigger is None:
+            # No market data here: a Market order fills at once at its price (or "0").
+            self._schedule(self.push_delay, self._fill_and_push, order)
+        else:
+            self._schedule(self.push_delay, self._push_state, order)
+        return resp
+
+    def _fill_and_push(self, order: FakeOrder) -> None:
+        if not order.is_final:
+            self._do_fill(order, None)
+        self._emit([self._ws_order(order)])
+
+    def _push_state(self, order: FakeOrder) -> None:
+        self._emit([self._ws_order(order)])
+
+    async def _h_cancel(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            self._authenticate(request, raw)
+        except _AuthError as e:
+            return e.response
+        p = self._parse_body(raw)
+        if p is None:
+            return self._err(10001, "params error: invalid request body")
+        category = p.get("category")
+        ok, rl = self._rate("/v5/order/cancel", category if isinstance(category, str) else "")
+        if not ok:
+            return self._err(10006, "Too many visits!", rl)
+        if category not in CATEGORIES:
+            return self._err(10001, "params error: Illegal category", rl)
+        assert isinstance(category, str)
+        try:
+            symbol = self._opt_str(p, "symbol")
+            req_oid = self._opt_str(p, "orderId")
+            req_link = self._opt_str(p, "orderLinkId")
+            ofilter = self._opt_str(p, "orderFilter")
+        except ValueError as e:
+            return self._err(10001, f"params error: {e} must be a string", rl)
+        if symbol is None:
+            return self._err(10001, "params error: symbol is required", rl)
+        if req_oid is None and req_link is None:
+            # rest/cancel-order.error-10001.response.json
+            return self._err(10001, "params error: OrderId or orderLinkId is required", rl)
+        if category == "spot":
+            # protocol §6: orderFilter is spot only, default "Order".
+            ofilter = ofilter or "Order"
+            if ofilter not in SPOT_FILTERS:
+                return self._err(170201, "Invalid orderFilter parameter", rl)
+        order = self._lookup(req_oid, req_link)
+        cancellable = (
+            order is not None
+            and order.category == category
+            and order.symbol == symbol
+            and not order.is_final
+            and (category != "spot" or order.order_filter == ofilter)
+        )
+        # A repeated cancel of an order whose cancel is still in flight only gets transport faults.
+        fresh = cancellable and order is not None and not order._cancel_pending
+        spec = self._pick_fault((req_oid or "", req_link or ""), order, fresh)
+        fault = spec.fault if spec is not None else None
+        if spec is not None:
+            name = order.order_id if order is not None else (req_oid or req_link or "")
+            self.fault_log.append((name, spec.fault))
+            log.debug("fault %s fires on cancel of %s", spec.fault, name)
+
+        # ---- transport-level faults
+        if spec is not None and fault in _TRANSPORT_FAULTS:
+            if fault is Fault.HTTP_502:
+                if spec.applied and cancellable and order is not None:
+                    self._begin_cancel(order, self.push_delay, "normal")
+                return web.Response(
+                    status=502,
+                    text="<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+                    "<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
+                    content_type="text/html",
+                )
+            if fault is Fault.HTTP_403:
+                # protocol §7: IP ban, "403, access too frequent"; the body need not be JSON.
+                return web.Response(status=403, text="access too frequent")
+            if fault is Fault.HTTP_429:
+                # protocol §1: 429 "System level frequency protection. Please retry".
+                return web.Response(
+                    status=429, text="System level frequency protection. Please retry"
+                )
+            if fault is Fault.RATE_LIMIT_10006:
+                limit = self.rate_limits.get("/v5/order/cancel", DEFAULT_RATE_LIMIT)
+                reset = self.now_ms() + int(spec.delay * 1000)
+                return self._err(10006, "Too many visits!", self._limit_headers(limit, 0, reset))
+            if fault is Fault.TIMESTAMP_10002:
+                ts = request.headers.get("X-BAPI-TIMESTAMP", "")
+                rw = int(request.headers.get("X-BAPI-RECV-WINDOW", "5000"))
+                return self._err_10002(ts, rw, rl)
+            # REST_TIMEOUT: applied and pushed normally; the HTTP answer is held back.
+            if cancellable and order is not None:
+                resp = self._json(
+                    {"orderId": order.order_id, "orderLinkId": order.order_link_id}, rl
+                )
+                self._begin_cancel(order, self.push_delay, "normal")
+            else:
+                resp = self._err(*self._not_found(category), rl)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), spec.delay)
+            return resp
+
+        if not cancellable or order is None:
+            # protocol §6: unknown order, wrong symbol/category/book, or already final.
+            return self._err(*self._not_found(category), rl)
+
+        if fault is Fault.FILL_BEFORE_CANCEL:
+            # The order fills just before the cancel lands: Filled push, then "does not exist".
+            self._do_fill(order, None)
+            self._emit_now([self._ws_order(order)])
+            return self._err(*self._not_found(category), rl)
+
+        resp = self._json({"orderId": order.order_id, "orderLinkId": order.order_link_id}, rl)
+        if fault is Fault.PUSH_BEFORE_ACK:
+            self._cancel_in_book(order)
+            futs = self._emit_now([self._ws_order(order)], track=True)
+            if futs:
+                await asyncio.wait(futs, timeout=5.0)
+            return resp
+
+        # protocol §6: ACK FIRST; the cancel itself is asynchronous.
+        await resp.prepare(request)
+        await resp.write_eof()
+        if order._cancel_pending:
+            # A cancel is already in flight: ack again, but the first one decides the outcome.
+            return resp
+        if fault is None:
+            self._begin_cancel(order, self.push_delay, "normal")
+        elif fault is Fault.DELAY_PUSH:
+            self._begin_cancel(order, spec.delay if spec is not None else 1.0, "normal")
+        elif fault is Fault.DROP_PUSH:
+            self._begin_cancel(order, self.push_delay, "drop")
+        elif fault is Fault.DUPLICATE_PUSH:
+            self._begin_cancel(order, self.push_delay, "duplicate")
+        elif fault is Fault.STALE_AFTER_FINAL:
+            self._begin_cancel(order, self.push_delay, "stale")
+        elif fault is Fault.DOUBLE_FILLED:
+            self._begin_cancel(order, self.push_delay, "double_filled")
+        elif fault is Fault.CLOSE_WS_AFTER_ACK:
+            for conn in list(self._conns.values()):
+                self._drop_conn(conn, abort=True)
+            self._begin_cancel(order, self.push_delay, "normal")
+        elif fault is Fault.STALL_WS_AFTER_ACK:
+            self.stall(True)
+            self._begin_cancel(order, self.push_delay, "normal")
+        return resp
+
+    def _begin_cancel(self, order: FakeOrder, delay: float, mode: str) -> None:
+        if order._cancel_pending:
+            return  # a cancel is already in flight; the first one decides the outcome
+        order._cancel_pending = True
+        self._schedule(delay, self._finish_cancel, order, mode)
+
+    def _finish_cancel(self, order: FakeOrder, mode: str) -> None:
+        if mode == "double_filled":
+            # protocol §4 "Execution ordering": Filled (EC_NoError), then a second Filled with
+            # cancelType CancelByUser and rejectReason EC_OrigClOrdIDDoesNotExist.
+            order._cancel_pending = False
+            if order.is_final:
+                return
+            self._do_fill(order, None)
+            first = self._ws_order(order)
+            order.cancel_type = "CancelByUser"
+            order.reject_reason = "EC_OrigClOrdIDDoesNotExist"
+            self._touch(order)
+            self._emit_now([first])
+            self._emit_now([self._ws_order(order)])
+            return
+        stale = self._ws_order(order) if mode == "stale" else None
+        if not self._cancel_in_book(order):
+            return
+        if mode == "drop":
+            return
+        final = self._ws_order(order)
+        if mode == "duplicate":
+            self._emit_now([final])
+            self._emit_now([dict(final)])
+        elif mode == "stale" and stale is not None:
+            self._emit_now([final])
+            self._emit_now([stale])
+        else:
+            self._emit([final])
+
+    def _query(self, request: web.Request) -> dict[str, str]:
+        return dict(parse_qsl(request.raw_path.partition("?")[2], keep_blank_values=True))
+
+    def _list_result(
+        self, orders: list[FakeOrder], q: Mapping[str, str], category: str, history: bool
+    ) -> dict[str, Any]:
+        try:
+            limit = max(1, min(50, int(q.get("limit") or 20)))
+            start = int(q.get("cursor") or 0)
+        except ValueError:
+            limit, start = 20, 0
+        page = orders[start : start + limit]
+        more = start + limit < len(orders)
+        return {
+            "list": [self._rest_order(o, history) for o in page],
+            "nextPageCursor": str(start + limit) if more else "",
+            "category": category,
+        }
+
+    def _filtered(self, orders: Iterable[FakeOrder], q: Mapping[str, str]) -> list[FakeOrder]:
+        symbol = q.get("symbol")
+        base = q.get("baseCoin")
+        settle = q.get("settleCoin")
+        ofilter = q.get("orderFilter")
+        out: list[FakeOrder] = []
+        for o in orders:
+            if symbol and o.symbol != symbol:
+                continue
+            if not symbol and base and not o.symbol.startswith(base):
+                continue
+            if not symbol and not base and settle and not o.symbol.endswith(settle):
+                continue
+            if ofilter and o.order_filter != ofilter:
+                continue
+            out.append(o)
+        # protocol §8: sorted by createdTime, newest first.
+        out.sort(key=lambda o: o.created_time, reverse=True)
+        return out
+
+    async def _h_realtime(self, request: web.Request) -> web.Response:
+        query = request.raw_path.partition("?")[2]
+        try:
+            self._authenticate(request, query.encode())
+        except _AuthError as e:
+            return e.response
+        q = self._query(request)
+        category = q.get("category", "")
+        ok, rl = self._rate("/v5/order/realtime", category)
+        if not ok:
+            return self._err(10006, "Too many visits!", rl)
+        if category not in CATEGORIES:
+            return self._err(10001, "params error: Illegal category", rl)
+        oid = q.get("orderId") or None
+        link = q.get("orderLinkId") or None
+        if oid or link:
+            # protocol §8: openOnly is ignored for id queries; closed orders are found while they
+            # are in the realtime cache (cleared by restart()).
+            o = self._lookup(oid, link)
+            found: list[FakeOrder] = []
+            if o is not None and o.category == category:
+                rt = self._rt_closed.get(category)
+                if not o.is_final or (rt is not None and o.order_id in rt):
+                    found.append(o)
+            return self._json(self._list_result(found, q, category, False), rl)
+        symbol = q.get("symbol")
+        if category in ("linear", "inverse") and not (
+            symbol or q.get("baseCoin") or q.get("settleCoin")
+        ):
+            return self._err(10001, "params error: symbol, baseCoin or settleCoin is required", rl)
+        if q.get("openOnly") == "1":
+            closed = self._rt_closed.get(category, OrderedDict())
+            pool: Iterable[FakeOrder] = (self._orders[i] for i in closed)
+        elif symbol:
+            pool = self._open.get((category, symbol), {}).values()
+        else:
+            pool = (
+                o for (cat, _), book in self._open.items() if cat == category for o in book.values()
+            )
+        return self._json(self._list_result(self._filtered(pool, q), q, category, False), rl)
+
+    async def _h_history(self, request: web.Request) -> web.Response:
+        query = request.raw_path.partition("?")[2]
+        try:
+            self._authenticate(request, query.encode())
+        except _AuthError as e:
+            return e.response
+        q = self._query(request)
+        category = q.get("category", "")
+        ok, rl = self._rate("/v5/order/history", category)
+        if not ok:
+            return self._err(10006, "Too many visits!", rl)
+        if category not in CATEGORIES:
+            return self._err(10001, "params error: Illegal category", rl)
+        oid = q.get("orderId") or None
+        link = q.get("orderLinkId") or None
+        if oid or link:
+            o = self._lookup(oid, link)
+            found: list[FakeOrder] = []
+            if o is not None and o.category == category and o.is_final:
+                found.append(o)
+            return self._json(self._list_result(found, q, category, True), rl)
+        ids = self._history.get(category, {})
+        pool = (self._orders[i] for i in ids)
+        status = q.get("orderStatus")
+        orders = [o for o in self._filtered(pool, q) if not status or o.status == status]
+        return self._json(self._list_result(orders, q, category, True), rl)
+
+    # ------------------------------------------------------------------ scheduling and pushes
+
+    def _schedule(self, delay: float, cb: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or self._stopping.is_set():
+            return
+        token = next(self._timer_seq)
+
+        def run() -> None:
+            try:
+                cb(*args)
+            finally:
+                self._timers.pop(token, None)
+                if not self._timers:
+                    self._idle.set()
+
+        handle: asyncio.Handle
+        if delay <= 0:
+            handle = loop.call_soon(run)  # "0 = next loop turn"
+        else:
+            handle = loop.call_later(delay, run)
+        self._timers[token] = handle
+        self._idle.clear()
+
+    def _emit(self, snaps: list[dict[str, Any]]) -> None:
+        """Queue order states for the next flush: same-turn changes share one frame."""
+        if self._loop is None or self._stopping.is_set():
+            return
+        self._pending.extend(snaps)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        snaps, self._pending = self._pending, []
+        if snaps:
+            self._fanout(snaps, track=False, chunk=True)
+
+    def _emit_now(
+        self, snaps: list[dict[str, Any]], *, track: bool = False, chunk: bool = True
+    ) -> list[asyncio.Future[None]]:
+        """Queue a frame right away (after anything pending), optionally tracking the write."""
+        if self._loop is None or self._stopping.is_set():
+            return []
+        if self._pending or self._flush_handle is not None:
+            self._flush()
+        return self._fanout(snaps, track=track, chunk=chunk)
+
+    def _fanout(
+        self, snaps: list[dict[str, Any]], *, track: bool, chunk: bool
+    ) -> list[asyncio.Future[None]]:
+        frames: dict[str, list[str]] = {}
+        futs: list[asyncio.Future[None]] = []
+        loop = self._loop
+        assert loop is not None
+        for conn in self._conns.values():
+            if conn.closed or not conn.authed or not conn.order_topics:
+                continue
+            for topic in conn.order_topics:
+                texts = frames.get(topic)
+                if texts is None:
+                    texts = frames[topic] = self._build_frames(topic, snaps, chunk)
+                for text in texts:
+                    fut: asyncio.Future[None] | None = loop.create_future() if track else None
+                    if fut is not None:
+                        futs.append(fut)
+                    conn.queue.put_nowait((_KIND_PUSH, text, fut))
+        return futs
+
+    def _build_frames(self, topic: str, snaps: list[dict[str, Any]], chunk: bool) -> list[str]:
+        # protocol §4: "order" gets every category; "order.<cat>" only that category.
+        cat = topic.partition(".")[2]
+        data = [s for s in snaps if s["category"] == cat] if cat else snaps
+        if not data:
+            return []
+        step = MAX_ORDERS_PER_PUSH if chunk else len(data)
+        out = []
+        for i in range(0, len(data), step):
+            part = data[i : i + step]
+            first = part[0]
+            seq = next(self._push_seq)
+            # protocol §4: message ids are opaque; mimic the observed per-category formats.
+            if first["category"] == "spot":
+                msg_id = f"{self._uid}-{len(part)}-{seq}"
+            else:
+                msg_id = f"{self._uid}_{first['symbol']}_{seq}"
+            out.append(
+                _dumps({"topic": topic, "id": msg_id, "creationTime": self.now_ms(), "data": part})
+            )
+        return out
+
+    # ------------------------------------------------------------------ websocket
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _new_conn_id(self) -> str:
+        alphabet = string.ascii_lowercase + string.digits
+        head = "".join(self._rng.choice(alphabet) for _ in range(20))
+        n = next(self._conn_seq)
+        tail = ""
+        while True:
+            n, r = divmod(n, 36)
+            tail = alphabet[r] + tail if r < 26 else str(r - 26) + tail
+            if n == 0:
+                break
+        return f"{head}-{tail}"
+
+    async def _h_ws(self, request: web.Request) -> web.StreamResponse:
+        # autoping is off only so that stall() can withhold RFC6455 pongs; pings are answered
+        # below exactly as autoping would.
+        ws = web.WebSocketResponse(autoping=False, compress=False)
+        await ws.prepare(request)
+        conn = _Conn(
+            ws=ws, conn_id=self._new_conn_id(), transport=request.transport, queue=asyncio.Queue()
+        )
+        if self._stopping.is_set():
+            if conn.transport is not None:
+                conn.transport.abort()
+            return ws
+        self._conns[conn.conn_id] = conn
+        conn.writer = self._spawn(self._writer(conn))
+        lifetime = self._max_active_time(request.query.get("max_active_time"))
+        if lifetime is not None and self._loop is not None:
+            # protocol §3: max_active_time (30s..600s) cuts the connection.
+            conn.timer = self._loop.call_later(lifetime, self._drop_conn, conn, True)
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    self._on_ws_text(conn, msg.data)
+                elif msg.type is WSMsgType.PING:
+                    if not conn.stalled and not conn.closed:
+                        conn.queue.put_nowait((_KIND_PONG, bytes(msg.data), None))
+                elif msg.type is WSMsgType.ERROR:
+                    break
+        finally:
+            self._drop_conn(conn, abort=False)
+            conn.done.set()
+        return ws
+
+    @staticmethod
+    def _max_active_time(raw: str | None) -> float | None:
+        if not raw:
+            return None
+        try:
+            if raw.endswith("m"):
+                secs = float(raw[:-1]) * 60
+            elif raw.endswith("s"):
+                secs = float(raw[:-1])
+            else:
+                return None
+        except ValueError:
+            return None
+        return secs if 30 <= secs <= 600 else None
+
+    async def _writer(self, conn: _Conn) -> None:
+        queue = conn.queue
+        while True:
+            kind, payload, fut = await queue.get()
+            try:
+                if conn.stalled or conn.closed:
+                    continue  # a stalled socket sends nothing: the frame is lost
+                if isinstance(payload, str):
+                    await conn.ws.send_str(payload)
+                    if kind == _KIND_PUSH:
+                        self.pushes_sent += 1
+                else:
+                    await conn.ws.pong(bytes(payload))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a dead socket must not kill the writer silently
+                log.debug("ws %s write failed: %r", conn.conn_id, exc)
+            finally:
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                queue.task_done()
+
+    def _drop_conn(self, conn: _Conn, abort: bool) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._conns.pop(conn.conn_id, None)
+        if conn.timer is not None:
+            conn.timer.cancel()
+        if conn.writer is not None and conn.writer is not asyncio.current_task():
+            conn.writer.cancel()
+        # Release anyone waiting for a write on this socket.
+        while not conn.queue.empty():
+            _, _, fut = conn.queue.get_nowait()
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            conn.queue.task_done()
+        if abort and conn.transport is not None:
+            # A network drop: no close frame, the TCP connection just goes away.
+            conn.transport.abort()
+
+    def _send_ctl(self, conn: _Conn, obj: dict[str, Any]) -> None:
+        if not conn.closed:
+            conn.queue.put_nowait((_KIND_CTL, _dumps(obj), None))
+
+    @staticmethod
+    def _ack(conn: _Conn, op: str, success: bool, ret_msg: str, req_id: Any) -> dict[str, Any]:
+        # ws-private/auth.success.with-req-id.json: req_id first, and only when sent.
+        d: dict[str, Any] = {}
+        if req_id is not None:
+            d["req_id"] = req_id
+        d["success"] = success
+        d["ret_msg"] = ret_msg
+        d["op"] = op
+        d["conn_id"] = conn.conn_id
+        return d
+
+    def _on_ws_text(self, conn: _Conn, data: str) -> None:
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(msg, dict):
+            return
+        self.ws_received.append(msg)
+        if conn.stalled or conn.closed:
+            return
+        op = msg.get("op")
+        req_id = msg.get("req_id")
+        if op == "ping":
+            # ws-private/pong.response.json: {"req_id"?,"op":"pong","args":["<ms>"],"conn_id"}
+            pong: dict[str, Any] = {}
+            if req_id is not None:
+                pong["req_id"] = req_id
+            pong["op"] = "pong"
+            pong["args"] = [str(self.now_ms())]
+            pong["conn_id"] = conn.conn_id
+            self._send_ctl(conn, pong)
+        elif op == "auth":
+            ok = self._ws_auth_ok(msg.get("args"))
+            if ok:
+                conn.authed = True
+                self.auth_count += 1
+                self._send_ctl(conn, self._ack(conn, "auth", True, "", req_id))
+            else:
+                # protocol §3 "Auth failure": v5 answers "Params Error" for every cause. Whether
+                # the server then closes the socket is undocumented; the fake keeps it open.
+                self._send_ctl(conn, self._ack(conn, "auth", False, "Params Error", req_id))
+        elif op in ("subscribe", "unsubscribe"):
+            assert isinstance(op, str)
+            self._ws_subscribe(conn, op, msg.get("args"), req_id)
+        else:
+            # Undocumented: the answer to an unknown op was never captured.
+            self._send_ctl(conn, self._ack(conn, str(op), False, f"error:unknown op {op}", req_id))
+
+    def _ws_auth_ok(self, args: Any) -> bool:
+        if self.refuse_auth:
+            return False
+        if not isinstance(args, list) or len(args) != 3:
+            return False
+        key, expires, sig = args
+        if not isinstance(key, str) or not isinstance(sig, str):
+            return False
+        if isinstance(expires, bool) or not isinstance(expires, int):
+            return False
+        secret = self._credentials.get(key)
+        if secret is None:
+            return False
+        # protocol §3: expires (ms) must lie in the future.
+        if expires <= self.now_ms():
+            return False
+        expected = hmac.new(
+            secret.encode(), f"GET/realtime{expires}".encode(), hashlib.sha256
+        ).hexdigest()
+        return hmac.compare_digest(expected, sig)
+
+    def _ws_subscribe(self, conn: _Conn, op: str, args: Any, req_id: Any) -> None:
+        if not conn.authed:
+            # protocol §3: subscribing before auth yields "Request not authorized"; the exact
+            # JSON was never captured, so the usual private ack shape is used.
+            self._send_ctl(conn, self._ack(conn, op, False, "Request not authorized", req_id))
+            return
+        if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+            self._send_ctl(conn, self._ack(conn, op, False, "Params Error", req_id))
+            return
+        topics: list[str] = args
+        for t in topics:
+            base, _, cat = t.partition(".")
+            family = t if t in _PRIVATE_TOPICS else base
+            if t in _PRIVATE_TOPICS:
+                continue
+            if family in _CATEGORISED_FAMILIES and cat in CATEGORIES:
+                continue
+            if t.startswith("execution.fast.") and t.rsplit(".", 1)[1] in CATEGORIES:
+                continue
+            # Text from a public-stream failure (protocol §3); no private one was captured.
+            self._send_ctl(
+                conn, self._ack(conn, op, False, f"error:handler not found,topic:{t}", req_id)
+            )
+            return
+        if op == "subscribe":
+            # protocol §3: all-in-one and categorised topics cannot share one request. The
+            # failure text is undocumented.
+            for fam in _CATEGORISED_FAMILIES:
+                if fam in topics and any(
+                    t.startswith(fam + ".") and t.rsplit(".", 1)[1] in CATEGORIES for t in topics
+                ):
+                    self._send_ctl(conn, self._ack(conn, op, False, "Params Error", req_id))
+                    return
+            conn.topics.update(topics)
+        else:
+            conn.topics.difference_update(topics)
+        conn.order_topics = sorted(
+            t
+            for t in conn.topics
+            if t == "order" or (t.startswith("order.") and t[6:] in CATEGORIES)
+        )
+        # ws-private/subscribe.success.json: the ack does not echo the topics.
+        self._send_ctl(conn, self._ack(conn, op, True, "", req_id))
