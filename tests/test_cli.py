@@ -77,9 +77,7 @@ async def test_cancel_exit_3_when_filled(fx: FakeExchange) -> None:
 
 
 async def test_cancel_exit_4_not_found(fx: FakeExchange) -> None:
-    code, out, _ = await run_cli(
-        *cancel_args(fx, "--order-link-id", "ghost", "--json"), env=CREDS
-    )
+    code, out, _ = await run_cli(*cancel_args(fx, "--order-link-id", "ghost", "--json"), env=CREDS)
     assert code == 4
     body = json.loads(out)
     assert body["error"] == "OrderNotFound" and body["retCode"] == 110001

@@ -2,7 +2,7 @@
 
 The fake is driven with raw aiohttp (requests signed here with hmac) and a raw
 ``websockets`` client, and its messages are compared with the real messages in
-/work/shared/fixtures/bybit (or $BYBIT_FIXTURES, or tests/fixtures/bybit).
+tests/fixtures/bybit (a copy of the project's shared fixtures).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -26,24 +25,14 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bybit_cancel.testing import FakeExchange, FakeOrder, Fault
 
+from .helpers import FIXTURES
+
 KEY = "test-key"
 SECRET = "test-secret"
 
 
-def _fixture_dir() -> Path:
-    candidates = [
-        os.environ.get("BYBIT_FIXTURES", ""),
-        str(Path(__file__).parent / "fixtures" / "bybit"),
-        "/work/shared/fixtures/bybit",
-    ]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    pytest.skip("Bybit fixtures not found")
-
-
 def fixture(name: str) -> Any:
-    return json.loads((_fixture_dir() / name).read_text())
+    return json.loads((FIXTURES / name).read_text())
 
 
 def assert_same_shape(
