@@ -15,6 +15,7 @@ The flow of one cancel (docs/architecture.md):
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import logging
 import math
@@ -30,6 +31,7 @@ import aiohttp
 from ._core import CancelTracker, Pending
 from ._exceptions import (
     NOT_FOUND_RET_CODES,
+    AuthenticationError,
     BybitAPIError,
     BybitError,
     ClientClosedError,
@@ -326,7 +328,8 @@ class BybitCancelClient:
         ``Deactivated`` when the cancel took effect, ``Filled`` or ``Rejected`` when the order ended
         otherwise first (``result.cancelled`` tells them apart). ``order_id`` wins when both ids
         are given, as on Bybit. ``on_ack``, if given, is called with ``(order_id, order_link_id)``
-        when Bybit acknowledges the request (which is not yet the outcome).
+        when Bybit acknowledges the request (which is not yet the outcome); an exception it raises
+        propagates out of this call.
 
         Cancelling the awaiting task is safe: the pending entry is removed and nothing is left
         behind. The cancel request itself may already have reached Bybit.
@@ -353,7 +356,7 @@ class BybitCancelClient:
         if self._state is not _State.OPEN:
             raise RuntimeError("the client is not open: use `async with BybitCancelClient(...)`")
         if self._failure is not None:
-            raise self._failure
+            raise _fresh(self._failure)
         loop = self._loop
         assert loop is not None
         started = self._tracker.start(
@@ -386,7 +389,7 @@ class BybitCancelClient:
             # into the promised error, and let any other cancellation through.
             task = asyncio.current_task()
             if entry.error is not None and task is not None and task.uncancel() == 0:
-                raise entry.error from None
+                raise _fresh(entry.error) from None
             raise
         finally:
             self._tracker.forget(entry)
@@ -425,9 +428,10 @@ class BybitCancelClient:
             return known
         return await self._await_final(entry, order_filter)
 
-    def _outcome(self, entry: Pending[Waiter]) -> CancelResult | None:
+    @staticmethod
+    def _outcome(entry: Pending[Waiter]) -> CancelResult | None:
         if entry.error is not None:
-            raise entry.error
+            raise _fresh(entry.error)
         return entry.result
 
     async def _park(self, entry: Pending[Waiter], delay: float) -> CancelResult | None:
@@ -450,8 +454,14 @@ class BybitCancelClient:
             outcome = await self._park(entry, delay)
             if outcome is not None:
                 return outcome
-            # No push within the grace: lost push or dead stream. Ask REST (§12.1).
-            await self._lookup(entry, order_filter)
+            # No push within the grace: lost push or dead stream. Ask REST (§12.1). A failed
+            # lookup is not an answer: keep waiting for the push and ask again later.
+            try:
+                await self._lookup(entry, order_filter)
+            except BybitError as exc:
+                if not _transient(exc):
+                    raise
+                log.debug("order lookup failed, will ask again: %s", exc)
             outcome = self._outcome(entry)
             if outcome is not None:
                 return outcome
@@ -460,10 +470,12 @@ class BybitCancelClient:
     async def _lookup(
         self, entry: Pending[Waiter], order_filter: str | None, *, owned: bool = True
     ) -> WireOrder | None:
-        """Look the entry's order up and feed the answer to the core. Transient failures are
-        logged and left for the next round (the caller's deadline bounds the loop).
+        """Look the entry's order up and feed the answer to the core.
 
-        ``owned``: called from the entry's own caller task (not the reconcile task)."""
+        Returns the order, or ``None`` when neither realtime nor history knows it; raises the
+        REST error when the lookup itself failed. ``owned``: called from the entry's own caller
+        task (so that a close may interrupt it), not from the reconcile task.
+        """
         rest = self._rest
         assert rest is not None
         if owned:
@@ -476,17 +488,29 @@ class BybitCancelClient:
                 order_link_id=entry.order_link_id,
                 order_filter=order_filter,
             )
-        except (TransportError, HTTPStatusError, RateLimitError) as exc:
-            if isinstance(exc, HTTPStatusError) and exc.status == 403:
-                raise
-            log.debug("order lookup failed, will retry: %s", exc)
-            return None
         finally:
             if owned:
                 entry.owner = None
         if order is not None:
             self._deliver(self._tracker.on_orders([order], "rest", time.monotonic()))
         return order
+
+    async def _answered_lookup(
+        self, entry: Pending[Waiter], order_filter: str | None
+    ) -> WireOrder | None:
+        """A lookup that does not take a failure for "not found": transient failures are
+        retried (parked on the entry, so a push still wins) until an answer or the deadline."""
+        delay = 0.05
+        while True:
+            try:
+                return await self._lookup(entry, order_filter)
+            except BybitError as exc:
+                if not _transient(exc):
+                    raise
+                log.debug("order lookup failed, will ask again: %s", exc)
+            if await self._park(entry, delay) is not None:
+                return None  # resolved meanwhile; the caller reads the entry
+            delay = min(delay * 2, 2.0)
 
     async def _resolve_not_found(
         self, entry: Pending[Waiter], exc: BybitAPIError, order_filter: str | None
@@ -495,7 +519,7 @@ class BybitCancelClient:
         outcome = self._outcome(entry)
         if outcome is not None:
             return outcome
-        order = await self._lookup(entry, order_filter)
+        order = await self._answered_lookup(entry, order_filter)
         outcome = self._outcome(entry)
         if outcome is not None:
             return outcome
@@ -503,10 +527,9 @@ class BybitCancelClient:
             raise OrderNotFound(exc.ret_code, exc.ret_msg) from None
         # Bybit knows the order and it is still open, yet it would not cancel it: a cancel aimed
         # at the wrong spot book (orderFilter, §6) or one racing a fill. Give the race a chance.
-        entry.acknowledged = False
         outcome = await self._park(entry, self._push_grace)
         if outcome is None:
-            await self._lookup(entry, order_filter)
+            await self._answered_lookup(entry, order_filter)
             outcome = self._outcome(entry)
         if outcome is not None:
             return outcome
@@ -532,6 +555,8 @@ class BybitCancelClient:
 
     def _on_reconnected(self) -> None:
         # Bybit replays nothing missed while disconnected (§12.4): look every pending cancel up.
+        if self._state is not _State.OPEN:
+            return
         old = self._reconcile_task
         if old is not None:
             old.cancel()
@@ -571,6 +596,33 @@ class BybitCancelClient:
 
         # A few lookups at a time: /v5/order/realtime allows 50 requests/s (§7).
         await asyncio.gather(*(worker() for _ in range(min(8, len(entries)))))
+
+
+def _transient(exc: BybitError) -> bool:
+    """Worth asking again later: the network, throttling, a server error or a clock hiccup."""
+    if isinstance(exc, TransportError | RateLimitError):
+        return True
+    if isinstance(exc, HTTPStatusError):
+        return exc.status >= 500
+    if isinstance(exc, BybitAPIError):
+        return not isinstance(exc, AuthenticationError) and exc.ret_code in _TRANSIENT_RET_CODES
+    return False
+
+
+# 10000 server timeout, 10002 timestamp (after one resync), 10016 server error / restarting,
+# 10006 rate limit (bybit-protocol.md §6 "retCodes seen on cancel").
+_TRANSIENT_RET_CODES = frozenset({10000, 10002, 10006, 10016})
+
+
+def _fresh(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` to raise, so that many callers failed by one error do not share (and
+    grow) one traceback."""
+    try:
+        clone = copy.copy(exc)
+    except Exception:  # an exception class that cannot be rebuilt from its args
+        return exc
+    clone.__traceback__ = None
+    return clone
 
 
 def _wake(waiter: Waiter) -> None:

@@ -160,6 +160,8 @@ class RestClient:
         self._max_retries = max_retries
         self._rng = rng
         self.stats = RestStats()
+        self._resync_lock = asyncio.Lock()
+        self._last_resync = -1e9
         # Sign only once a pooled connection is (about to be) free: aiohttp would otherwise queue
         # an already-signed request while a burst drains, and a request signed more than
         # recv_window before Bybit reads it is refused with 10002 (§1 Timestamp window).
@@ -233,7 +235,17 @@ class RestClient:
         return int(nano) // 1_000_000 if nano else env.time
 
     async def resync_clock(self) -> None:
-        """Measure the offset between the local clock and Bybit's, and apply it from now on."""
+        """Measure the offset between the local clock and Bybit's, and apply it from now on.
+
+        Concurrent callers (a burst that all got 10002) share one measurement.
+        """
+        async with self._resync_lock:
+            if time.monotonic() - self._last_resync < 1.0:
+                return
+            await self._measure_clock()
+            self._last_resync = time.monotonic()
+
+    async def _measure_clock(self) -> None:
         t0 = time.time()
         server_ms = await self.server_time_ms()
         t1 = time.time()

@@ -20,6 +20,7 @@ from bybit_cancel import (
     ConnectionState,
     HTTPStatusError,
     OrderStatus,
+    TransportError,
 )
 from bybit_cancel.testing import FakeExchange, Fault
 
@@ -387,3 +388,51 @@ async def test_seeded_chaos_200_concurrent(
     assert len(fx.fault_log) > 30  # faults really fired
     assert client_tasks() == []
     assert SECRET not in caplog.text
+
+
+async def test_failed_lookup_is_not_taken_for_not_found(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After 110001, a lookup that fails (network) is asked again, not read as "no such order"."""
+    o = fx.seed_order()
+    fx.fill(o.order_id, push=False)
+    async with fast_client(fx) as client:
+        rest = client._rest
+        assert rest is not None
+        real = rest.find_order
+        calls = 0
+
+        async def flaky(**kw):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise TransportError("connection reset")
+            return await real(**kw)
+
+        monkeypatch.setattr(rest, "find_order", flaky)
+        r = await cancel(client, o.order_id)
+    assert r.status is OrderStatus.FILLED and r.source == "rest" and calls == 2
+
+
+async def test_failed_lookup_after_ack_keeps_waiting(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lookups failing while the push is lost do not fail the call: it asks again."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DROP_PUSH, order_id=o.order_id)
+    async with fast_client(fx, push_grace=0.05) as client:
+        rest = client._rest
+        assert rest is not None
+        real = rest.find_order
+        calls = 0
+
+        async def flaky(**kw):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            if calls <= 2:
+                raise HTTPStatusError(502, "bad gateway")
+            return await real(**kw)
+
+        monkeypatch.setattr(rest, "find_order", flaky)
+        r = await cancel(client, o.order_id)
+    assert r.status is OrderStatus.CANCELLED and calls == 3

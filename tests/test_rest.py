@@ -1,0 +1,231 @@
+"""The REST adapter's retry policy, one fault at a time (aioresponses: narrow unit faults only)."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import aioresponses.core as aioresponses_core
+import pytest
+from aiohttp.client_reqrep import ClientResponse
+from aioresponses import aioresponses
+
+from bybit_cancel import (
+    AuthenticationError,
+    BybitAPIError,
+    HTTPStatusError,
+    RateLimitError,
+    TransportError,
+)
+from bybit_cancel._rest import Clock, RestClient
+from bybit_cancel._signing import Credentials
+
+BASE = "https://api.example.test"
+CANCEL = f"{BASE}/v5/order/cancel"
+BODY = {"category": "linear", "symbol": "BTCUSDT", "orderId": "o1"}
+OK = {
+    "retCode": 0,
+    "retMsg": "OK",
+    "result": {"orderId": "o1", "orderLinkId": ""},
+    "retExtInfo": {},
+    "time": 1,
+}
+
+
+def env(code: int, msg: str) -> dict[str, object]:
+    return {"retCode": code, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": 1}
+
+
+@pytest.fixture
+async def rest() -> AsyncIterator[RestClient]:
+    async with aiohttp.ClientSession() as session:
+        yield RestClient(
+            session,
+            BASE,
+            Credentials("k", "s"),
+            recv_window=5000,
+            clock=Clock(),
+            http_timeout=1.0,
+            max_retries=3,
+            rng=random.Random(1),
+        )
+
+
+class _CompatResponse(ClientResponse):
+    """aiohttp 3.14 made ``stream_writer`` a required argument that aioresponses 0.7.9 does
+    not pass (pnuckowski/aioresponses#289, open); aiohttp 3.14 is a security release, so the
+    shim lives here instead of a pin."""
+
+    class _NoWriter:
+        output_size = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", self._NoWriter())
+        super().__init__(*args, **kwargs)
+
+
+@pytest.fixture
+def mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
+    monkeypatch.setattr(aioresponses_core, "ClientResponse", _CompatResponse)
+    with aioresponses() as m:
+        yield m
+
+
+async def test_5xx_then_ok(rest: RestClient, mock: aioresponses) -> None:
+    mock.post(CANCEL, status=502, body="<html>bad gateway</html>")
+    mock.post(CANCEL, status=503, body="")
+    mock.post(CANCEL, payload=OK)
+    ack = await rest.cancel(BODY)
+    assert ack.order_id == "o1" and rest.stats.retries == 2 and rest.stats.requests == 3
+
+
+async def test_5xx_past_retries(rest: RestClient, mock: aioresponses) -> None:
+    for _ in range(4):
+        mock.post(CANCEL, status=500, body="oops")
+    with pytest.raises(HTTPStatusError) as info:
+        await rest.cancel(BODY)
+    assert info.value.status == 500 and rest.stats.requests == 4
+
+
+async def test_connection_errors_past_retries(rest: RestClient, mock: aioresponses) -> None:
+    for _ in range(4):
+        mock.post(CANCEL, exception=aiohttp.ClientConnectionError("reset"))
+    with pytest.raises(TransportError):
+        await rest.cancel(BODY)
+    assert rest.stats.requests == 4
+
+
+async def test_403_not_retried(rest: RestClient, mock: aioresponses) -> None:
+    mock.post(CANCEL, status=403, body="access too frequent")
+    with pytest.raises(HTTPStatusError) as info:
+        await rest.cancel(BODY)
+    assert info.value.status == 403 and "10 minutes" in str(info.value)
+    assert rest.stats.requests == 1
+
+
+async def test_401_and_404_are_typed(rest: RestClient, mock: aioresponses) -> None:
+    mock.post(CANCEL, status=401, body="Unauthorized")
+    with pytest.raises(HTTPStatusError) as info:
+        await rest.cancel(BODY)
+    assert info.value.status == 401
+
+
+async def test_auth_codes_not_retried(rest: RestClient, mock: aioresponses) -> None:
+    mock.post(CANCEL, payload=env(10003, "API key is invalid."))
+    with pytest.raises(AuthenticationError) as info:
+        await rest.cancel(BODY)
+    assert (info.value.ret_code, info.value.ret_msg) == (10003, "API key is invalid.")
+    assert rest.stats.requests == 1
+
+
+async def test_10006_waits_for_reset_header(rest: RestClient, mock: aioresponses) -> None:
+    reset = rest.clock.now_ms() + 300
+    mock.post(
+        CANCEL,
+        payload=env(10006, "Too many visits!"),
+        headers={
+            "X-Bapi-Limit": "10",
+            "X-Bapi-Limit-Status": "0",
+            "X-Bapi-Limit-Reset-Timestamp": str(reset),
+        },
+    )
+    mock.post(CANCEL, payload=OK)
+    t0 = time.monotonic()
+    await rest.cancel(BODY)
+    assert time.monotonic() - t0 >= 0.25
+    assert rest.stats.rate_limit_waits == 1
+
+
+async def test_10006_past_retries_is_rate_limit_error(rest: RestClient, mock: aioresponses) -> None:
+    for _ in range(4):
+        mock.post(CANCEL, payload=env(10006, "Too many visits!"))
+    with pytest.raises(RateLimitError) as info:
+        await rest.cancel(BODY)
+    assert info.value.ret_code == 10006
+
+
+async def test_10002_resyncs_once(rest: RestClient, mock: aioresponses) -> None:
+    server_ms = int(time.time() * 1000) + 42_000
+    mock.get(
+        f"{BASE}/v5/market/time",
+        payload={
+            "retCode": 0,
+            "retMsg": "OK",
+            "result": {
+                "timeSecond": str(server_ms // 1000),
+                "timeNano": str(server_ms * 1_000_000),
+            },
+            "retExtInfo": {},
+            "time": server_ms,
+        },
+    )
+    mock.post(CANCEL, payload=env(10002, "invalid request, please check your server timestamp"))
+    mock.post(CANCEL, payload=env(10002, "invalid request, please check your server timestamp"))
+    with pytest.raises(BybitAPIError) as info:
+        await rest.cancel(BODY)
+    assert info.value.ret_code == 10002  # retried once only
+    assert abs(rest.clock.offset_ms - 42_000) < 1_000 and rest.stats.clock_resyncs == 1
+
+
+async def test_undecodable_200(rest: RestClient, mock: aioresponses) -> None:
+    mock.post(CANCEL, status=200, body="<html>maintenance</html>")
+    with pytest.raises(HTTPStatusError, match="undecodable"):
+        await rest.cancel(BODY)
+
+
+async def test_signed_body_is_the_sent_body(rest: RestClient, mock: aioresponses) -> None:
+    """The signature covers exactly the bytes sent (§1)."""
+    mock.post(CANCEL, payload=OK)
+    await rest.cancel(BODY)
+    [(_, calls)] = [(k, v) for k, v in mock.requests.items()]
+    sent = calls[0].kwargs
+    body: bytes = sent["data"]
+    h = sent["headers"]
+    import hashlib
+    import hmac
+
+    expected = hmac.new(
+        b"s", (h["X-BAPI-TIMESTAMP"] + "k" + "5000").encode() + body, hashlib.sha256
+    ).hexdigest()
+    assert h["X-BAPI-SIGN"] == expected
+    assert body == b'{"category":"linear","symbol":"BTCUSDT","orderId":"o1"}'
+
+
+async def test_lookup_falls_back_to_history(rest: RestClient, mock: aioresponses) -> None:
+    empty = {
+        "retCode": 0,
+        "retMsg": "OK",
+        "result": {"list": [], "nextPageCursor": "", "category": "linear"},
+        "retExtInfo": {},
+        "time": 1,
+    }
+    hist = {
+        "retCode": 0,
+        "retMsg": "OK",
+        "result": {
+            "category": "linear",
+            "list": [
+                {
+                    "orderId": "o1",
+                    "orderLinkId": "",
+                    "symbol": "BTCUSDT",
+                    "orderStatus": "Cancelled",
+                    "cumExecQty": "0",
+                    "leavesQty": "0",
+                    "updatedTime": "5",
+                }
+            ],
+        },
+        "retExtInfo": {},
+        "time": 1,
+    }
+    mock.get(re.compile(r".*/v5/order/realtime\?.*"), payload=empty)
+    mock.get(re.compile(r".*/v5/order/history\?.*"), payload=hist)
+    order = await rest.find_order(
+        category="linear", symbol="BTCUSDT", order_id="o1", order_link_id="", order_filter=None
+    )
+    assert order is not None and order.order_status == "Cancelled" and order.category == "linear"
