@@ -289,7 +289,11 @@ class RestClient:
                     if failures > self._max_retries:
                         raise RateLimitError(429, "HTTP 429: " + _snippet(body))
                     self.stats.rate_limit_waits += 1
-                    await self._backoff(failures, f"{method} {path}: HTTP 429")
+                    reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
+                    if reset and reset.isdigit() and self.clock.to_local_seconds(int(reset)) > 0:
+                        self.limiter.block_until_server_ms(key, int(reset))
+                    else:
+                        await self._backoff(failures, f"{method} {path}: HTTP 429")
                     continue
                 if status == 403:
                     # An IP ban lasts at least 10 minutes (§7): retrying only extends it.

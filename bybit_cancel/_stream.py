@@ -197,6 +197,18 @@ class PrivateStream:
     # -- supervisor ----------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
+        try:
+            await self._reconnect_forever()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug, not a network fault: fail loudly (pending calls get the error) rather than
+            # leave callers waiting on a stream that no longer reads.
+            log.exception("private stream task crashed")
+            self.state = ConnectionState.FAILED
+            self._on_failed(BybitError(f"the private stream task crashed: {exc!r}"))
+
+    async def _reconnect_forever(self) -> None:
         attempt = 0
         while True:
             ws = self._ws

@@ -436,3 +436,21 @@ async def test_failed_lookup_after_ack_keeps_waiting(
         monkeypatch.setattr(rest, "find_order", flaky)
         r = await cancel(client, o.order_id)
     assert r.status is OrderStatus.CANCELLED and calls == 3
+
+
+async def test_stream_crash_fails_pending_loudly(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the reader (here: routing raises) fails pending calls instead of hanging them."""
+    o = fx.seed_order()
+    async with fast_client(fx, push_grace=30.0) as client:
+
+        def boom(*_: object) -> None:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(client._tracker, "on_orders", boom)
+        with pytest.raises(BybitError, match="crashed"):
+            await cancel(client, o.order_id)
+        assert client.connection_state is ConnectionState.FAILED
+        assert client.pending_count == 0
+    assert client_tasks() == []
