@@ -175,6 +175,11 @@ class BybitCancelClient:
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be positive")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError("max_retries must be a non-negative integer")
+        base, cap = reconnect_backoff
+        if not 0 < base <= cap:
+            raise ValueError("reconnect_backoff must be (base, cap) with 0 < base <= cap")
         self._recv_window = recv_window
         self._session = session
         self._owns_session = session is None
