@@ -41,10 +41,10 @@ class Pending(Generic[W]):
         "acknowledged",
         "category",
         "error",
+        "interrupted",
         "last_status",
         "last_updated",
         "linked",
-        "next",
         "order_id",
         "order_link_id",
         "owner",
@@ -66,19 +66,74 @@ class Pending(Generic[W]):
         # waiter is only a signal for the I/O layer.
         self.result: CancelResult | None = None
         self.error: BaseException | None = None
-        # Set by the I/O layer while the entry's owner is inside a REST call (not parked), so
-        # that a close can interrupt it. Opaque here.
-        self.owner: object | None = None
         self.last_status: str | None = None
         self.last_updated = -1
-        # Index membership: is this entry in _by_link (caller gave only the link id)?
+        # Is this entry in the link index (the caller gave only the orderLinkId)?
         self.linked = False
-        # Next pending cancel for the same order (two callers cancelling one order).
-        self.next: Pending[W] | None = None
+        # For the I/O layer: the task inside a REST call on this entry's behalf (so a close can
+        # interrupt it), and whether it did interrupt it. Opaque here.
+        self.owner: object | None = None
+        self.interrupted = False
 
     def __repr__(self) -> str:
         ident = self.order_id or self.order_link_id
         return f"<Pending {self.category}:{self.symbol}:{ident} last={self.last_status}>"
+
+
+K = TypeVar("K")
+
+
+class _Index(Generic[K, W]):
+    """key -> pending cancels. Nearly always one per key, so the first lives in a plain dict and
+    only extra ones (two callers cancelling the same order) go to a side table."""
+
+    __slots__ = ("more", "one")
+
+    def __init__(self) -> None:
+        self.one: dict[K, Pending[W]] = {}
+        self.more: dict[K, list[Pending[W]]] = {}
+
+    def add(self, key: K, entry: Pending[W]) -> None:
+        if key in self.one:
+            self.more.setdefault(key, []).append(entry)
+        else:
+            self.one[key] = entry
+
+    def get(self, key: K) -> list[Pending[W]]:
+        head = self.one.get(key)
+        if head is None:
+            return []
+        extra = self.more.get(key) if self.more else None
+        return [head, *extra] if extra else [head]
+
+    def remove(self, key: K, entry: Pending[W]) -> bool:
+        extra = self.more.get(key) if self.more else None
+        if self.one.get(key) is entry:
+            if extra:
+                self.one[key] = extra.pop(0)
+                if not extra:
+                    del self.more[key]
+            else:
+                del self.one[key]
+            return True
+        if extra:
+            for i, other in enumerate(extra):
+                if other is entry:
+                    del extra[i]
+                    if not extra:
+                        del self.more[key]
+                    return True
+        return False
+
+    def entries(self) -> list[Pending[W]]:
+        out = list(self.one.values())
+        for extra in self.more.values():
+            out.extend(extra)
+        return out
+
+    def clear(self) -> None:
+        self.one.clear()
+        self.more.clear()
 
 
 class _Final:
@@ -105,13 +160,17 @@ class CancelTracker(Generic[W]):
     def __init__(self, *, recent_size: int = 10_000, recent_age: float = 600.0) -> None:
         if recent_size < 1 or recent_age <= 0:
             raise ValueError("recent_size and recent_age must be positive")
-        self._by_id: dict[str, Pending[W]] = {}
-        self._by_link: dict[str, Pending[W]] = {}
+        # orderId -> cancels that know the order id (given, or learnt from the ack)
+        self._by_id: _Index[str, W] = _Index()
+        # (category, orderLinkId) -> cancels given only the link id. orderLinkId is unique per
+        # category, not across categories.
+        self._by_link: _Index[tuple[str, str], W] = _Index()
         self._count = 0
         self._recent: OrderedDict[str, _Final] = OrderedDict()
-        self._recent_link: dict[str, str] = {}
+        self._recent_link: dict[tuple[str, str], str] = {}
         self._recent_size = recent_size
         self._recent_age = recent_age
+        self.malformed = 0
 
     # -- registration --------------------------------------------------------------------------
 
@@ -127,17 +186,20 @@ class CancelTracker(Generic[W]):
     ) -> Pending[W] | CancelResult:
         """Register a cancel, before its request is sent, so that an early push is not lost.
 
+        Give ``order_link_id`` only when there is no ``order_id`` (the id wins on Bybit).
         Returns the final state at once if one is remembered for this order; otherwise the
         :class:`Pending` entry, which must later be resolved or passed to :meth:`forget`.
         """
         known = self._recent_final(category, order_id or "", order_link_id or "", now)
         if known is not None:
-            return known.result()
+            result = self._result(known)
+            if result is not None:
+                return result
         entry = Pending(waiter, category, symbol, order_id or "", order_link_id or "")
         if entry.order_id:
-            self._link(self._by_id, entry.order_id, entry)
+            self._by_id.add(entry.order_id, entry)
         else:
-            self._link(self._by_link, entry.order_link_id, entry)
+            self._by_link.add((category, entry.order_link_id), entry)
             entry.linked = True
         self._count += 1
         return entry
@@ -145,30 +207,34 @@ class CancelTracker(Generic[W]):
     def acknowledge(
         self, entry: Pending[W], *, order_id: str, order_link_id: str, now: float
     ) -> CancelResult | None:
-        """Record Bybit's acknowledgement. Learns the order id when the caller gave only the link id.
+        """Record Bybit's acknowledgement; learns the order id when only the link id was given.
 
         Returns the final state if it is already known (the push beat the ack); the entry is then
-        removed and its waiter must be resolved with it.
+        removed.
         """
         entry.acknowledged = True
-        if order_id and not entry.order_id:
+        if order_id and not entry.order_id and entry.result is None and entry.error is None:
             entry.order_id = order_id
-            self._link(self._by_id, order_id, entry)
+            self._by_id.add(order_id, entry)
         if order_link_id and not entry.order_link_id:
             entry.order_link_id = order_link_id
         known = self._recent_final(entry.category, entry.order_id, entry.order_link_id, now)
         if known is None:
             return None
+        result = self._result(known)
+        if result is None:
+            return None
+        entry.result = result
         self.forget(entry)
-        return known.result()
+        return result
 
     def forget(self, entry: Pending[W]) -> None:
         """Remove a pending cancel (resolved, timed out, cancelled, failed). Idempotent."""
         removed = False
         if entry.order_id:
-            removed |= self._unlink(self._by_id, entry.order_id, entry)
+            removed = self._by_id.remove(entry.order_id, entry)
         if entry.linked:
-            removed |= self._unlink(self._by_link, entry.order_link_id, entry)
+            removed = self._by_link.remove((entry.category, entry.order_link_id), entry) or removed
             entry.linked = False
         if removed:
             self._count -= 1
@@ -181,52 +247,65 @@ class CancelTracker(Generic[W]):
         Returns the pending cancels they resolved, each with ``result`` set and already removed.
         """
         resolved: list[Pending[W]] = []
+        by_id = self._by_id.one
         for order in orders:
             status = FINAL_BY_WIRE.get(order.order_status)
-            first_final: _Final | None = None
-            if status is not None:
-                first_final = self._remember(order, status, source, now)
-            entry = self._by_id.get(order.order_id)
-            if entry is None and order.order_link_id:
-                entry = self._by_link.get(order.order_link_id)
-                if entry is not None and order.category and entry.category != order.category:
-                    entry = None
-            if entry is None:
+            final = None if status is None else self._remember(order, status, source, now)
+            matched = self._matching(order) if by_id or self._by_link.one else None
+            if not matched:
                 continue
-            if first_final is None:
-                self._note_open(entry, order)
+            if final is None:
+                self._note_open(matched, order)
                 continue
-            result = first_final.result()
-            while entry is not None:
-                nxt = entry.next
+            result = self._result(final)
+            if result is None:
+                continue  # malformed quantities: leave it to the REST fallback
+            for entry in matched:
                 entry.result = result
-                resolved.append(entry)
                 self.forget(entry)
-                entry = nxt
+                resolved.append(entry)
         return resolved
 
-    def _note_open(self, entry: Pending[W] | None, order: WireOrder) -> None:
+    def _matching(self, order: WireOrder) -> list[Pending[W]]:
+        category = order.category
+        matched = [
+            e for e in self._by_id.get(order.order_id) if not category or e.category == category
+        ]
+        link = order.order_link_id
+        if link and self._by_link.one:
+            for e in self._by_link.get((category, link)):
+                # Not when it learnt another order id (a reused link id), nor twice when it
+                # learnt this one (then it is in the id index too).
+                if not e.order_id:
+                    matched.append(e)
+        return matched
+
+    @staticmethod
+    def _note_open(matched: list[Pending[W]], order: WireOrder) -> None:
         # Non-final update: remember the newest status for diagnostics; ignore stale ones.
-        updated = int(order.updated_time) if order.updated_time else 0
-        while entry is not None:
+        try:
+            updated = int(order.updated_time) if order.updated_time else 0
+        except ValueError:
+            updated = 0
+        for entry in matched:
             if updated >= entry.last_updated:
                 entry.last_updated = updated
                 entry.last_status = order.order_status
-            entry = entry.next
+
+    def _result(self, final: _Final) -> CancelResult | None:
+        try:
+            return final.result()
+        except (ArithmeticError, ValueError):  # a quantity or time that is not a number
+            self.malformed += 1
+            return None
 
     # -- bulk ----------------------------------------------------------------------------------
 
     def pending(self) -> list[Pending[W]]:
         """Every pending cancel (for a REST reconcile after a reconnect)."""
-        out: list[Pending[W]] = []
-        for index, skip_linked_ids in ((self._by_id, False), (self._by_link, True)):
-            for head in index.values():
-                entry: Pending[W] | None = head
-                while entry is not None:
-                    # An entry learnt its order id from the ack sits in both indexes: count it once.
-                    if not (skip_linked_ids and entry.order_id):
-                        out.append(entry)
-                    entry = entry.next
+        out = self._by_id.entries()
+        # An entry that learnt its order id from the ack sits in both indexes: count it once.
+        out.extend(e for e in self._by_link.entries() if not e.order_id)
         return out
 
     def fail_all(self, error: BaseException) -> list[Pending[W]]:
@@ -248,33 +327,7 @@ class CancelTracker(Generic[W]):
         """How many recent final states are remembered."""
         return len(self._recent)
 
-    # -- internals -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _link(index: dict[str, Pending[W]], key: str, entry: Pending[W]) -> None:
-        head = index.get(key)
-        if head is not None:
-            entry.next = head
-        index[key] = entry
-
-    @staticmethod
-    def _unlink(index: dict[str, Pending[W]], key: str, entry: Pending[W]) -> bool:
-        head = index.get(key)
-        if head is None:
-            return False
-        if head is entry:
-            if entry.next is None:
-                del index[key]
-            else:
-                index[key] = entry.next
-            return True
-        prev = head
-        while prev.next is not None:
-            if prev.next is entry:
-                prev.next = entry.next
-                return True
-            prev = prev.next
-        return False
+    # -- memory of final states ----------------------------------------------------------------
 
     def _remember(
         self, order: WireOrder, status: OrderStatus, source: Source, now: float
@@ -286,7 +339,7 @@ class CancelTracker(Generic[W]):
         final = _Final(order, status, source, now)
         recent[order.order_id] = final
         if order.order_link_id:
-            self._recent_link[order.order_link_id] = order.order_id
+            self._recent_link[(order.category, order.order_link_id)] = order.order_id
         self._evict(now)
         return final
 
@@ -298,9 +351,9 @@ class CancelTracker(Generic[W]):
             if len(recent) <= self._recent_size and oldest.at >= horizon:
                 break
             recent.popitem(last=False)
-            link = oldest.order.order_link_id
-            if link and self._recent_link.get(link) == order_id:
-                del self._recent_link[link]
+            key = (oldest.order.category, oldest.order.order_link_id)
+            if oldest.order.order_link_id and self._recent_link.get(key) == order_id:
+                del self._recent_link[key]
 
     def _recent_final(
         self, category: str, order_id: str, order_link_id: str, now: float
@@ -311,7 +364,7 @@ class CancelTracker(Generic[W]):
         if order_id:
             known = self._recent.get(order_id)
         else:
-            known = self._recent.get(self._recent_link.get(order_link_id, ""))
+            known = self._recent.get(self._recent_link.get((category, order_link_id), ""))
         if known is None or (known.order.category and known.order.category != category):
             return None
         return known

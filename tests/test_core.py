@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 
 import pytest
@@ -38,10 +39,15 @@ def order(
 
 
 def start(
-    t: CancelTracker[str], waiter: str = "w1", *, oid: str | None = "o1", link: str | None = None
+    t: CancelTracker[str],
+    waiter: str = "w1",
+    *,
+    oid: str | None = "o1",
+    link: str | None = None,
+    category: str = "linear",
 ) -> Pending[str]:
     got = t.start(
-        waiter, category="linear", symbol="BTCUSDT", order_id=oid, order_link_id=link, now=0.0
+        waiter, category=category, symbol="BTCUSDT", order_id=oid, order_link_id=link, now=0.0
     )
     assert isinstance(got, Pending)
     return got
@@ -287,7 +293,7 @@ def test_option_empty_leaves_qty_is_none() -> None:
     t: CancelTracker[str] = CancelTracker()
     msg = ws_decoder.decode(fixture_bytes("ws-private/order.push.option-filled.json"))
     assert msg.data is not None
-    start(t, oid=msg.data[0].order_id)
+    start(t, oid=msg.data[0].order_id, category="option")
     [done] = t.on_orders(msg.data, "websocket", 1.0)
     assert done.result is not None
     assert done.result.leaves_qty is None and done.result.cum_exec_qty == Decimal("1")
@@ -296,3 +302,106 @@ def test_option_empty_leaves_qty_is_none() -> None:
 def test_bad_bounds_rejected() -> None:
     with pytest.raises(ValueError, match="positive"):
         CancelTracker(recent_size=0)
+
+
+def test_order_id_match_checks_category() -> None:
+    """A push for order X in another category does not resolve a cancel of X in this one."""
+    t: CancelTracker[str] = CancelTracker()
+    start(t, oid="X", category="spot")
+    assert t.on_orders([order("X", category="linear")], "websocket", 1.0) == []
+    assert len(t) == 1
+
+
+def test_same_link_id_in_two_categories() -> None:
+    """orderLinkId is unique per category: spot and linear cancels of "grid-17" stay apart."""
+    t: CancelTracker[str] = CancelTracker()
+    spot = start(t, "spot", oid=None, link="grid-17", category="spot")
+    lin = start(t, "linear", oid=None, link="grid-17", category="linear")
+    t.acknowledge(lin, order_id="Y", order_link_id="grid-17", now=0.1)
+    [done] = t.on_orders([order("Y", link="grid-17", category="linear")], "websocket", 1.0)
+    assert done is lin
+    assert len(t) == 1 and t.pending() == [spot]
+    # the memory of final states is per category too
+    got = t.start(
+        "s2", category="spot", symbol="BTCUSDT", order_id=None, order_link_id="grid-17", now=2
+    )
+    assert isinstance(got, Pending)
+
+
+def test_two_link_cancels_acked_out_of_order() -> None:
+    """Two cancels by the same link id whose acks arrive in either order: no cycle, no leak."""
+    t: CancelTracker[str] = CancelTracker()
+    a = start(t, "a", oid=None, link="L")
+    b = start(t, "b", oid=None, link="L")
+    t.acknowledge(b, order_id="X", order_link_id="L", now=0.1)
+    t.acknowledge(a, order_id="X", order_link_id="L", now=0.2)
+    assert len(t) == 2 and len(t.pending()) == 2
+    t.on_orders([order("X", status="New", link="L")], "websocket", 0.5)  # terminates
+    done = t.on_orders([order("X", link="L")], "websocket", 1.0)
+    assert sorted(e.waiter for e in done) == ["a", "b"]
+    assert len(t) == 0 and t.pending() == []
+
+
+def test_mixed_id_and_link_cancels_of_one_order() -> None:
+    """One caller cancels by id, another by link id; forgetting one leaves the other intact."""
+    t: CancelTracker[str] = CancelTracker()
+    c = start(t, "c", oid="X")
+    b = start(t, "b", oid=None, link="L")
+    t.acknowledge(b, order_id="X", order_link_id="L", now=0.1)
+    t.forget(b)
+    assert len(t) == 1 and t.pending() == [c]
+    [done] = t.on_orders([order("X", link="L")], "websocket", 1.0)
+    assert done is c and len(t) == 0
+
+
+def test_random_sequences_keep_the_books_consistent() -> None:
+    """Random start/ack/push/forget sequences: every entry is resolved or forgotten exactly once,
+    the count matches, and nothing is left behind."""
+    rng = random.Random(20261122)
+    for _ in range(300):
+        t: CancelTracker[int] = CancelTracker(recent_size=50)
+        live: dict[int, Pending[int]] = {}
+        n = 0
+        for _step in range(40):
+            op = rng.random()
+            oid = f"o{rng.randrange(4)}"
+            link = f"L{oid[1:]}"
+            cat = rng.choice(["linear", "spot"])
+            if op < 0.35:
+                by_id = rng.random() < 0.5
+                got = t.start(
+                    n,
+                    category=cat,
+                    symbol="S",
+                    order_id=oid if by_id else None,
+                    order_link_id=None if by_id else link,
+                    now=float(_step),
+                )
+                if isinstance(got, Pending):
+                    live[n] = got
+                n += 1
+            elif op < 0.55 and live:
+                e = rng.choice(list(live.values()))
+                r = t.acknowledge(
+                    e, order_id=e.order_id or oid, order_link_id=e.order_link_id, now=float(_step)
+                )
+                if r is not None:
+                    del live[e.waiter]
+            elif op < 0.8:
+                status = rng.choice(["New", "Cancelled", "Filled"])
+                for e in t.on_orders(
+                    [order(oid, status=status, link=link, category=cat)], "websocket", float(_step)
+                ):
+                    assert e.result is not None and e.category == cat
+                    assert e.waiter in live
+                    del live[e.waiter]
+            elif live:
+                e = rng.choice(list(live.values()))
+                t.forget(e)
+                t.forget(e)
+                del live[e.waiter]
+            assert len(t) == len(live)
+            assert sorted(e.waiter for e in t.pending()) == sorted(live)
+        for e in list(live.values()):
+            t.forget(e)
+        assert len(t) == 0 and t.pending() == []
