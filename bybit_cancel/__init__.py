@@ -9,7 +9,6 @@ from ._exceptions import (
     ConfirmationTimeout,
     HTTPStatusError,
     OrderNotFound,
-    RateLimitError,
     TransportError,
 )
 from ._models import CancelResult, OrderStatus
@@ -29,7 +28,6 @@ __all__ = [
     "HTTPStatusError",
     "OrderNotFound",
     "OrderStatus",
-    "RateLimitError",
     "TransportError",
     "cancel_and_confirm",
 ]

@@ -38,7 +38,6 @@ from ._exceptions import (
     ConfirmationTimeout,
     HTTPStatusError,
     OrderNotFound,
-    RateLimitError,
     TransportError,
 )
 from ._models import CancelResult, WireOrder
@@ -56,7 +55,8 @@ CATEGORIES = frozenset({"linear", "inverse", "spot", "option"})
 SPOT_ORDER_FILTERS = frozenset({"Order", "tpslOrder", "StopOrder"})
 # orderLinkId: at most 36 characters of letters, digits, "-" and "_" (§6, create-order.mdx).
 _LINK_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
-_SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_.-]*")
+_SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,63}")
+_ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Waiter = asyncio.Future[None]
 
@@ -89,8 +89,9 @@ def validate_cancel(
         )
     if not order_id and not order_link_id:
         raise ValueError("give order_id or order_link_id")
-    if order_id is not None and (not isinstance(order_id, str) or not order_id):
-        raise ValueError("order_id must be a non-empty string")
+    if order_id is not None and not (isinstance(order_id, str) and _ORDER_ID.fullmatch(order_id)):
+        # Bybit's ids are UUIDs or decimal digits; nothing else may reach a signed query string.
+        raise ValueError("order_id must be 1-64 characters of letters, digits, '-' or '_'")
     if order_link_id is not None and not (
         isinstance(order_link_id, str) and _LINK_ID.fullmatch(order_link_id)
     ):
@@ -130,7 +131,9 @@ class BybitCancelClient:
         push_grace: seconds to wait for the websocket push after the ack before asking REST.
         ping_interval: seconds between heartbeats; two missed pongs mean a dead stream.
         http_timeout: seconds for one HTTP request before it counts as failed and is retried.
-        max_retries: re-sends after network errors, HTTP 5xx, 429 or 10006.
+        max_retries: at most this many re-sends after network errors and HTTP 5xx; ``None`` (the
+            default) re-sends until the call's deadline. Throttling (10006, 429) is always
+            waited out until the deadline.
         handshake_timeout: seconds for the websocket connect, auth and subscribe.
         reconnect_backoff: (base, cap) seconds of the reconnect backoff (full jitter).
         recent_size, recent_age: bound of the memory of recent final states.
@@ -154,7 +157,7 @@ class BybitCancelClient:
         push_grace: float = 1.0,
         ping_interval: float = 20.0,
         http_timeout: float = 5.0,
-        max_retries: int = 5,
+        max_retries: int | None = None,
         handshake_timeout: float = 10.0,
         reconnect_backoff: tuple[float, float] = (0.1, 10.0),
         recent_size: int = 10_000,
@@ -175,8 +178,8 @@ class BybitCancelClient:
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be positive")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError("max_retries must be a non-negative integer")
+        if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
+            raise ValueError("max_retries must be None or a non-negative integer")
         base, cap = reconnect_backoff
         if not 0 < base <= cap:
             raise ValueError("reconnect_backoff must be (base, cap) with 0 < base <= cap")
@@ -199,6 +202,7 @@ class BybitCancelClient:
         self._rest: RestClient | None = None
         self._stream: PrivateStream | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
+        self._old_reconciles: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
@@ -227,6 +231,7 @@ class BybitCancelClient:
         Raises:
             AuthenticationError: the exchange refused the websocket auth.
             TransportError: the stream could not be reached or did not answer in time.
+            ClientClosedError: :meth:`aclose` was called while connecting.
             RuntimeError: the client was opened before.
         """
         if self._state is not _State.UNOPENED:
@@ -279,10 +284,13 @@ class BybitCancelClient:
         self._fail_pending(
             ClientClosedError("the client was closed before the cancel was confirmed")
         )
-        task, self._reconcile_task = self._reconcile_task, None
-        if task is not None:
+        tasks = list(self._old_reconciles)
+        if self._reconcile_task is not None:
+            tasks.append(self._reconcile_task)
+            self._reconcile_task = None
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._stream is not None:
             await self._stream.close()
         if self._owns_session and self._session is not None:
@@ -344,11 +352,12 @@ class BybitCancelClient:
             OrderNotFound: Bybit has no such order (the cancel said so and no lookup knows it).
             AuthenticationError: the credentials were refused.
             BybitAPIError: any other non-zero ``retCode`` (``ret_code``, ``ret_msg``).
-            HTTPStatusError: HTTP 403 (IP ban) or repeated 5xx.
-            TransportError: the network kept failing past the retries.
+            HTTPStatusError: HTTP 403 (IP ban), 401, 404, a redirect, or 5xx past ``max_retries``.
+            TransportError: the network kept failing past ``max_retries`` (only when set).
             ConfirmationTimeout: no final state within ``timeout`` seconds.
             ClientClosedError: the client was closed while the call was pending.
             RuntimeError: the client is not open.
+            BybitError: the stream task crashed (a bug); the client is then unusable.
         """
         body = validate_cancel(
             category=category,
@@ -393,8 +402,10 @@ class BybitCancelClient:
             # aclose() cancels callers that are inside a REST call; turn our own cancellation
             # into the promised error, and let any other cancellation through.
             task = asyncio.current_task()
-            if entry.error is not None and task is not None and task.uncancel() == 0:
-                raise _fresh(entry.error) from None
+            if entry.interrupted and entry.error is not None and task is not None:
+                entry.interrupted = False
+                if task.uncancel() == 0:
+                    raise _fresh(entry.error) from None
             raise
         finally:
             self._tracker.forget(entry)
@@ -415,10 +426,26 @@ class BybitCancelClient:
         try:
             ack = await rest.cancel(body)
         except BybitAPIError as exc:
-            if exc.ret_code not in NOT_FOUND_RET_CODES:
-                raise
             entry.owner = None
-            return await self._resolve_not_found(entry, exc, order_filter)
+            if exc.ret_code in NOT_FOUND_RET_CODES:
+                return await self._resolve_not_found(entry, exc, order_filter)
+            outcome = self._outcome(entry)
+            if outcome is not None:
+                return outcome  # the order ended anyway; that is the answer
+            if not _transient(exc):
+                raise
+            return await self._after_failed_send(entry, order_filter, exc)
+        except BybitError as exc:
+            entry.owner = None
+            outcome = self._outcome(entry)
+            if outcome is not None:
+                return outcome
+            if not _transient(exc):
+                raise
+            return await self._after_failed_send(entry, order_filter, exc)
+        except Exception:
+            self._outcome(entry)  # closed meanwhile (e.g. "Session is closed"): raise that
+            raise
         finally:
             entry.owner = None
         if on_ack is not None:
@@ -431,6 +458,14 @@ class BybitCancelClient:
         )
         if known is not None:
             return known
+        return await self._await_final(entry, order_filter)
+
+    async def _after_failed_send(
+        self, entry: Pending[Waiter], order_filter: str | None, exc: BybitError
+    ) -> CancelResult:
+        # Only reached with max_retries set: a failed send does not mean the cancel did not land
+        # (the request may have reached Bybit). Wait for the stream and ask REST until the deadline.
+        log.warning("cancel request failed (%s); the cancel may have landed, confirming", exc)
         return await self._await_final(entry, order_filter)
 
     @staticmethod
@@ -563,8 +598,10 @@ class BybitCancelClient:
         if self._state is not _State.OPEN:
             return
         old = self._reconcile_task
-        if old is not None:
-            old.cancel()
+        if old is not None and not old.done():
+            old.cancel()  # superseded; kept until it has finished so aclose() can await it
+            self._old_reconciles.add(old)
+            old.add_done_callback(self._old_reconciles.discard)
         loop = self._loop
         assert loop is not None
         self._reconcile_task = loop.create_task(self._reconcile(), name="bybit_cancel.reconcile")
@@ -579,9 +616,10 @@ class BybitCancelClient:
             if not waiter.done():
                 waiter.set_result(None)
             owner = entry.owner
-            if isinstance(owner, asyncio.Task):
+            if isinstance(owner, asyncio.Task) and not owner.done():
                 # The owner is inside a REST call (perhaps sleeping in a backoff): interrupt it;
-                # cancel_order turns this cancellation into `exc`.
+                # cancel_order turns this cancellation (and only this one) into `exc`.
+                entry.interrupted = True
                 owner.cancel()
 
     async def _reconcile(self) -> None:
@@ -593,19 +631,25 @@ class BybitCancelClient:
 
         async def worker() -> None:
             for entry in queue:
-                if entry.result is None and entry.error is None:
-                    try:
+                if entry.result is not None or entry.error is not None:
+                    continue
+                try:
+                    # Bounded: the entry's own caller keeps its own deadline and fallback.
+                    async with asyncio.timeout(self._http_timeout * 2):
                         await self._lookup(entry, None, owned=False)
-                    except BybitError as exc:
-                        log.warning("reconcile lookup failed: %s", exc)
+                except (BybitError, TimeoutError) as exc:
+                    log.debug("reconcile lookup failed: %s", exc)
 
-        # A few lookups at a time: /v5/order/realtime allows 50 requests/s (§7).
-        await asyncio.gather(*(worker() for _ in range(min(8, len(entries)))))
+        # A few lookups at a time: /v5/order/realtime allows 50 requests/s (§7). The task group
+        # waits for its workers even when cancelled, so none outlives the client.
+        async with asyncio.TaskGroup() as group:
+            for i in range(min(8, len(entries))):
+                group.create_task(worker(), name=f"bybit_cancel.reconcile-{i}")
 
 
 def _transient(exc: BybitError) -> bool:
     """Worth asking again later: the network, throttling, a server error or a clock hiccup."""
-    if isinstance(exc, TransportError | RateLimitError):
+    if isinstance(exc, TransportError):
         return True
     if isinstance(exc, HTTPStatusError):
         return exc.status >= 500
@@ -651,7 +695,9 @@ async def cancel_and_confirm(
 
     Takes the arguments of :meth:`BybitCancelClient.cancel_order` plus any of the client's options
     (``testnet``, ``demo``, ``rest_url``, ``ws_url``, ``session``...). Raises what they raise.
-    For more than one cancel, keep a :class:`BybitCancelClient` open instead.
+    ``timeout`` bounds connecting too: if the stream is not up in time, :class:`ConfirmationTimeout`
+    (nothing was sent). Closing afterwards takes a moment more. For more than one cancel, keep a
+    :class:`BybitCancelClient` open instead.
     """
     validate_cancel(
         category=category,
@@ -661,12 +707,31 @@ async def cancel_and_confirm(
         order_filter=order_filter,
         timeout=timeout,
     )
-    async with BybitCancelClient(api_key=api_key, api_secret=api_secret, **client_options) as c:
-        return await c.cancel_order(
+    client = BybitCancelClient(api_key=api_key, api_secret=api_secret, **client_options)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await client.open()
+        except TimeoutError as exc:
+            if isinstance(exc, ConfirmationTimeout):
+                raise
+            raise ConfirmationTimeout(
+                order_id=order_id,
+                order_link_id=order_link_id,
+                last_status=None,
+                acknowledged=False,
+                timeout=timeout,
+            ) from exc
+        return await client.cancel_order(
             category=category,
             symbol=symbol,
             order_id=order_id,
             order_link_id=order_link_id,
             order_filter=order_filter,
-            timeout=timeout,
+            timeout=max(deadline - loop.time(), 0.001),
         )
+    finally:
+        # Outside the deadline: a close cut short could leave the stream task behind.
+        await client.aclose()

@@ -5,10 +5,9 @@ The tree::
     BybitError
     ├── BybitAPIError               the exchange answered with a non-zero retCode
     │   ├── AuthenticationError     10003 / 10004 / 10005 / 10010 / 33004, or a refused websocket auth
-    │   ├── OrderNotFound           the exchange has no such order at all (after a REST lookup)
-    │   └── RateLimitError          10006 / HTTP 429 and the deadline left no room to wait
+    │   └── OrderNotFound           the exchange has no such order at all (after a REST lookup)
     ├── HTTPStatusError             a non-200 HTTP answer without a Bybit envelope (403 IP ban, 5xx)
-    ├── TransportError              the network failed (connection refused, reset, HTTP timeout)
+    ├── TransportError              the network kept failing past ``max_retries`` (when set)
     ├── ClientClosedError           the client was closed while the call was pending
     └── ConfirmationTimeout         (also a TimeoutError) no final state within the call's timeout
 
@@ -25,7 +24,6 @@ __all__ = [
     "ConfirmationTimeout",
     "HTTPStatusError",
     "OrderNotFound",
-    "RateLimitError",
     "TransportError",
     "error_from_ret_code",
 ]
@@ -36,7 +34,6 @@ AUTH_RET_CODES = frozenset({10003, 10004, 10005, 10010, 33004, -2015})
 # "Order does not exist" on REST: 110001 for derivatives, 170213 for spot. Ambiguous: the order may have
 # just filled or been cancelled (bybit-protocol.md §12.1), so the client looks it up before believing it.
 NOT_FOUND_RET_CODES = frozenset({110001, 170213})
-RATE_LIMIT_RET_CODES = frozenset({10006, 10018})
 
 
 class BybitError(Exception):
@@ -66,10 +63,6 @@ class AuthenticationError(BybitAPIError):
 
 class OrderNotFound(BybitAPIError):
     """The exchange has no such order: the cancel said so and neither REST lookup knows it."""
-
-
-class RateLimitError(BybitAPIError):
-    """Bybit throttled the request (10006 or HTTP 429) and the deadline left no time to wait."""
 
 
 class HTTPStatusError(BybitError):
@@ -141,6 +134,4 @@ def error_from_ret_code(ret_code: int, ret_msg: str) -> BybitAPIError:
     """
     if ret_code in AUTH_RET_CODES:
         return AuthenticationError(ret_code, ret_msg)
-    if ret_code in RATE_LIMIT_RET_CODES:
-        return RateLimitError(ret_code, ret_msg)
     return BybitAPIError(ret_code, ret_msg)

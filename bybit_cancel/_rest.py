@@ -3,9 +3,10 @@
 Every retry decision for REST lives in :meth:`RestClient._call` (README "Failure handling"):
 
 * connection errors, HTTP timeouts and HTTP 5xx: re-send with exponential backoff and full jitter,
-  at most ``max_retries`` times (a re-sent cancel of an order that is already gone answers 110001,
-  which the client resolves with a lookup);
-* 10006 / HTTP 429: wait until ``X-Bapi-Limit-Reset-Timestamp`` (or a short pause), then retry;
+  until the caller's deadline (or ``max_retries`` times, if set); a re-sent cancel of an order that
+  is already gone answers 110001, which the client resolves with a lookup;
+* 10006 / HTTP 429: wait until ``X-Bapi-Limit-Reset-Timestamp`` (or a short pause), then retry,
+  until the caller's deadline; the limiter paces requests so that Bybit rarely has to refuse;
 * 10002 (timestamp outside recv_window): measure the clock offset from ``/v5/market/time``, apply it
   to every later timestamp, retry once;
 * HTTP 403 (IP ban, §7), other HTTP errors, auth errors and other retCodes: raised at once.
@@ -29,7 +30,6 @@ from yarl import URL
 
 from ._exceptions import (
     HTTPStatusError,
-    RateLimitError,
     TransportError,
     error_from_ret_code,
 )
@@ -79,56 +79,76 @@ class RestStats:
 
 
 class RateLimiter:
-    """Per-(endpoint, category) limiter fed by Bybit's ``X-Bapi-Limit-*`` headers (§7).
+    """Per-(endpoint, category) pacing fed by Bybit's ``X-Bapi-Limit-*`` headers (§7).
 
-    Bybit counts requests in a rolling one-second window and reports how many are left
-    (``X-Bapi-Limit-Status``). When none is left, the reset header only says "about now" (§7), so
-    the limiter keeps its own log of when answers arrived: the window frees a slot one second
-    after Bybit received the request answered ``X-Bapi-Limit`` answers ago, and Bybit received it
-    before we got its answer, so waiting until that answer's time + 1 s is never early. Later requests to that endpoint and category wait
-    until then instead of being refused with 10006. After a 10006, Bybit's reset timestamp rules.
+    Bybit allows ``X-Bapi-Limit`` requests per rolling second per endpoint and category. Once an
+    answer has told us that limit, the limiter keeps a log of our own sends and holds a request
+    back until the window has room, so a burst is paced instead of refused with 10006. When Bybit
+    says none is left (``X-Bapi-Limit-Status: 0``, e.g. other programs share the key) it waits for
+    our oldest send to leave the window; after a 10006 it waits for Bybit's reset timestamp.
     """
 
-    __slots__ = ("_blocked_until", "_clock", "_sent")
+    # A little more than Bybit's one second: Bybit counts a request when it arrives, after we sent it.
+    WINDOW = 1.05
+
+    __slots__ = ("_clock", "_keys")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._blocked_until: dict[tuple[str, str], float] = {}
-        self._sent: dict[tuple[str, str], deque[float]] = {}
+        self._keys: dict[tuple[str, str], _KeyState] = {}
 
-    def delay(self, key: tuple[str, str]) -> float:
-        """Seconds to wait before the next request for ``key`` (0 when free)."""
-        until = self._blocked_until.get(key)
-        if until is None:
-            return 0.0
-        wait = until - time.monotonic()
-        if wait <= 0:
-            del self._blocked_until[key]
-            return 0.0
-        return wait
+    def reserve(self, key: tuple[str, str]) -> float:
+        """Take a slot for one request now and return 0, or return how long to wait first."""
+        state = self._keys.get(key)
+        if state is None:
+            return 0.0  # nothing learnt yet: send
+        now = time.monotonic()
+        wait = state.blocked_until - now
+        if wait > 0:
+            return wait
+        sent = state.sent
+        horizon = now - self.WINDOW
+        while sent and sent[0] <= horizon:
+            sent.popleft()
+        if len(sent) >= state.limit:
+            return sent[0] - horizon
+        sent.append(now)
+        return 0.0
 
     def block_until_server_ms(self, key: tuple[str, str], server_ms: int) -> None:
-        self._block(key, time.monotonic() + self._clock.to_local_seconds(server_ms))
-
-    def _block(self, key: tuple[str, str], until: float) -> None:
-        if until > self._blocked_until.get(key, 0.0):
-            self._blocked_until[key] = until
+        state = self._state(key)
+        until = time.monotonic() + self._clock.to_local_seconds(server_ms)
+        state.blocked_until = max(state.blocked_until, until)
 
     def feed(self, key: tuple[str, str], headers: Any) -> None:
-        """Learn from one answer's headers (call it for every answer, as it arrives)."""
-        now = time.monotonic()
-        sent = self._sent.get(key)
-        if sent is None:
-            sent = self._sent[key] = deque(maxlen=256)
-        sent.append(now)
-        if headers.get("X-Bapi-Limit-Status") != "0":
+        """Learn from one answer's headers."""
+        limit = headers.get("X-Bapi-Limit")
+        if limit is None or not limit.isdigit():
             return
-        limit = headers.get("X-Bapi-Limit", "")
-        if limit.isdigit() and sent is not None and 0 < int(limit) <= len(sent):
-            until = sent[-int(limit)] + 1.0
-        else:
-            until = now + 1.0
-        self._block(key, until)
+        state = self._keys.get(key)
+        if state is None:
+            state = self._state(key)
+        state.limit = int(limit) or 1
+        if headers.get("X-Bapi-Limit-Status") == "0":
+            now = time.monotonic()
+            sent = state.sent
+            until = (sent[0] if sent else now) + self.WINDOW
+            state.blocked_until = max(state.blocked_until, until)
+
+    def _state(self, key: tuple[str, str]) -> _KeyState:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+        return state
+
+
+class _KeyState:
+    __slots__ = ("blocked_until", "limit", "sent")
+
+    def __init__(self) -> None:
+        self.limit = 1 << 30  # unknown until an answer names it
+        self.sent: deque[float] = deque()
+        self.blocked_until = 0.0
 
 
 class RestClient:
@@ -143,7 +163,7 @@ class RestClient:
         recv_window: int,
         clock: Clock,
         http_timeout: float,
-        max_retries: int,
+        max_retries: int | None,
         rng: random.Random,
     ) -> None:
         self._session = session
@@ -175,11 +195,6 @@ class RestClient:
     async def cancel(self, body: dict[str, str]) -> CancelAck:
         """``POST /v5/order/cancel``. Returns the acknowledgement; raises a typed error otherwise."""
         raw = await self._call("POST", "/v5/order/cancel", body, body["category"])
-        return ack_decoder.decode(raw)
-
-    async def create(self, body: dict[str, Any]) -> CancelAck:
-        """``POST /v5/order/create`` (used by the demo). Same acknowledgement shape as a cancel."""
-        raw = await self._call("POST", "/v5/order/create", body, str(body["category"]))
         return ack_decoder.decode(raw)
 
     async def find_order(
@@ -225,7 +240,7 @@ class RestClient:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransportError(f"GET /v5/market/time failed: {exc!r}") from exc
+            raise TransportError(f"GET /v5/market/time failed: {_describe(exc)}") from None
         if status != 200:
             raise HTTPStatusError(status, _snippet(body))
         env = envelope_decoder.decode(body)
@@ -260,40 +275,42 @@ class RestClient:
         self, method: str, path: str, params: dict[str, Any], category: str
     ) -> msgspec.Raw:
         key = (path, category)
-        failures = 0
+        failures = 0  # network errors, timeouts, 5xx: bounded by max_retries, if set
         resynced = False
         while True:
-            wait = self.limiter.delay(key)
-            if wait > 0:
+            wait = self.limiter.reserve(key)
+            while wait > 0:
+                # Rate-limit waits are bounded by the caller's deadline only (§7: the window
+                # reopens within a second).
                 self.stats.rate_limit_waits += 1
                 await asyncio.sleep(wait)
+                wait = self.limiter.reserve(key)
             try:
                 status, headers, body = await self._once(method, path, params)
             except (aiohttp.ClientError, TimeoutError) as exc:
+                # Describe, never repr: aiohttp's reprs carry the request headers (signature).
+                why = f"{method} {path} failed: {_describe(exc)}"
                 failures += 1
-                if failures > self._max_retries:
-                    raise TransportError(f"{method} {path} failed: {exc!r}") from exc
-                await self._backoff(failures, f"{method} {path}: {exc!r}")
+                if self._max_retries is not None and failures > self._max_retries:
+                    raise TransportError(why) from None
+                await self._backoff(failures, why)
                 continue
             self.limiter.feed(key, headers)
             if status != 200:
                 if status >= 500:
                     failures += 1
-                    if failures > self._max_retries:
+                    if self._max_retries is not None and failures > self._max_retries:
                         raise HTTPStatusError(status, _snippet(body))
                     await self._backoff(failures, f"{method} {path}: HTTP {status}")
                     continue
                 if status == 429:
                     # "System level frequency protection. Please retry" (§1 HTTP status codes).
-                    failures += 1
-                    if failures > self._max_retries:
-                        raise RateLimitError(429, "HTTP 429: " + _snippet(body))
                     self.stats.rate_limit_waits += 1
                     reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
                     if reset and reset.isdigit() and self.clock.to_local_seconds(int(reset)) > 0:
                         self.limiter.block_until_server_ms(key, int(reset))
                     else:
-                        await self._backoff(failures, f"{method} {path}: HTTP 429")
+                        await self._backoff(failures + 1, f"{method} {path}: HTTP 429")
                     continue
                 if status == 403:
                     # An IP ban lasts at least 10 minutes (§7): retrying only extends it.
@@ -305,19 +322,16 @@ class RestClient:
                 raise HTTPStatusError(status, _snippet(body))
             try:
                 env = envelope_decoder.decode(body)
-            except msgspec.DecodeError as exc:
-                raise HTTPStatusError(status, "undecodable body: " + _snippet(body)) from exc
+            except msgspec.DecodeError:
+                raise HTTPStatusError(status, "undecodable body: " + _snippet(body)) from None
             code = env.ret_code
             if code == 0:
                 return env.result
             if code in _RATE_LIMITED:
-                failures += 1
-                if failures > self._max_retries:
-                    raise error_from_ret_code(code, env.ret_msg)
                 reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
                 until = int(reset) if reset and reset.isdigit() else self.clock.now_ms() + 200
                 self.limiter.block_until_server_ms(key, until)
-                log.debug("%s %s rate limited (10006), waiting for the window", method, path)
+                log.debug("%s %s rate limited (%d), waiting for the window", method, path, code)
                 continue
             if code == _TIMESTAMP_ERROR and not resynced:
                 resynced = True
@@ -330,7 +344,9 @@ class RestClient:
         self.stats.retries += 1
         # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^n)].
         delay = self._rng.uniform(0, min(2.0, 0.05 * 2 ** (failures - 1)))
-        log.debug("retrying %s in %.3fs (failure %d)", why, delay, failures)
+        # Loud once, when it is more than a blip: the deadline bounds the retries, not a count.
+        level = logging.WARNING if failures == 3 else logging.DEBUG
+        log.log(level, "retrying %s in %.3fs (failure %d)", why, delay, failures)
         await asyncio.sleep(delay)
 
     async def _once(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any, bytes]:
@@ -350,16 +366,33 @@ class RestClient:
             payload = query.encode()
             headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
             url = URL(f"{self._base}{path}?{query}", encoded=True)
-            ctx = self._session.get(url, headers=headers, timeout=self._timeout)
+            # Never follow a redirect: it would re-send the signed headers to another host.
+            ctx = self._session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            )
         else:
             payload = encoder.encode(params)
             headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
             headers["Content-Type"] = "application/json"
             ctx = self._session.post(
-                self._base + path, data=payload, headers=headers, timeout=self._timeout
+                self._base + path,
+                data=payload,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             )
         async with ctx as resp:
             return resp.status, resp.headers, await resp.read()
+
+
+def _describe(exc: BaseException) -> str:
+    """Name an aiohttp/OS error without its repr (which can hold the request headers)."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__} (HTTP {exc.status}: {exc.message})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{type(exc).__name__} ({exc.os_error.strerror or exc.os_error})"
+    text = str(exc) if isinstance(exc, OSError | TimeoutError) else ""
+    return f"{type(exc).__name__} ({text})" if text else type(exc).__name__
 
 
 def _snippet(body: bytes) -> str:

@@ -21,7 +21,13 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from ._exceptions import AuthenticationError, BybitAPIError, BybitError, TransportError
+from ._exceptions import (
+    AuthenticationError,
+    BybitAPIError,
+    BybitError,
+    ClientClosedError,
+    TransportError,
+)
 from ._models import WireOrder, WsMessage, encoder, ws_decoder
 from ._signing import Credentials, ws_auth_args
 
@@ -29,8 +35,21 @@ __all__ = ["ConnectionState", "PrivateStream"]
 
 log = logging.getLogger("bybit_cancel")
 
-# A refused websocket auth carries no retCode on /v5/private, only ret_msg "Params Error" (§3).
-WS_AUTH_REFUSED = -1
+# A refused websocket auth or subscribe carries no retCode on /v5/private, only ret_msg, e.g.
+# "Params Error" (§3); errors built from such replies carry this code.
+WS_NO_RET_CODE = -1
+
+
+class _NoFrameDumps(logging.Filter):
+    """websockets logs every frame at DEBUG, auth frame (key and signature) included: drop those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg[:2] in ("> ", "< "))
+
+
+# The connection's own logger: its state changes stay visible, its frame dumps do not.
+_ws_log = logging.getLogger("bybit_cancel.websocket")
+_ws_log.addFilter(_NoFrameDumps())
 
 
 class ConnectionState(enum.StrEnum):
@@ -88,6 +107,8 @@ class PrivateStream:
         self._rng = rng
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._opener: asyncio.Task[object] | None = None
+        self._opener_cancelled = False
         self._last_pong = 0.0
         self._req = 0
         self.state = ConnectionState.DISCONNECTED
@@ -104,19 +125,39 @@ class PrivateStream:
             TransportError: the connection or the handshake failed or timed out.
         """
         self.state = ConnectionState.CONNECTING
+        opener = asyncio.current_task()
+        self._opener = opener
         try:
-            self._ws = await self._connect()
-        except BaseException:
-            self.state = ConnectionState.DISCONNECTED
+            ws = await self._connect()
+        except asyncio.CancelledError:
+            # close() cancels a connect in progress; turn that (and only that) into an error.
+            if self._opener_cancelled and opener is not None and opener.uncancel() == 0:
+                raise ClientClosedError("the client was closed while it was connecting") from None
             raise
+        except BaseException:
+            if self.state is ConnectionState.CONNECTING:
+                self.state = ConnectionState.DISCONNECTED
+            raise
+        finally:
+            self._opener = None
+        if self.state is ConnectionState.CLOSED:  # close() ran just as we connected
+            await _close_ws(ws)
+            raise ClientClosedError("the client was closed while it was connecting")
+        self._ws = ws
         self.state = ConnectionState.CONNECTED
         self._task = asyncio.get_running_loop().create_task(
             self._supervise(), name="bybit_cancel.stream"
         )
 
     async def close(self) -> None:
-        """Stop the supervisor and close the socket. Idempotent; returns promptly."""
+        """Stop the supervisor and close the socket; interrupt a connect in progress.
+
+        Idempotent; returns promptly.
+        """
         self.state = ConnectionState.CLOSED
+        if self._opener is not None and not self._opener_cancelled:
+            self._opener_cancelled = True
+            self._opener.cancel()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -153,6 +194,7 @@ class PrivateStream:
                 ping_interval=None,
                 compression=None,
                 max_queue=None,
+                logger=_ws_log,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise TransportError(f"websocket connect failed: {exc!r}") from exc
@@ -162,12 +204,12 @@ class PrivateStream:
                 reply = await self._request(ws, "auth", ws_auth_args(self._creds, expires))
                 if not reply.success:
                     raise AuthenticationError(
-                        WS_AUTH_REFUSED, f"websocket auth refused: {reply.ret_msg}"
+                        WS_NO_RET_CODE, f"websocket auth refused: {reply.ret_msg}"
                     )
                 reply = await self._request(ws, "subscribe", ["order"])
                 if not reply.success:
                     raise BybitAPIError(
-                        WS_AUTH_REFUSED, f"websocket subscribe refused: {reply.ret_msg}"
+                        WS_NO_RET_CODE, f"websocket subscribe refused: {reply.ret_msg}"
                     )
         except TimeoutError as exc:
             await _close_ws(ws)
@@ -254,20 +296,27 @@ class PrivateStream:
                 await heartbeat
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
+        """Ping every interval (Bybit recommends 20 s, §3); no pong for two intervals = dead."""
         loop = asyncio.get_running_loop()
         interval = self._ping_interval
+        next_ping = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
-            if loop.time() - self._last_pong > 2 * interval:
+            now = loop.time()
+            dead_at = self._last_pong + 2 * interval
+            if now >= dead_at:
                 log.warning("private stream silent for %.1fs (no pong); reconnecting", 2 * interval)
                 # Abort: a silent peer would not answer a closing handshake either.
                 ws.transport.abort()
                 return
-            self._req += 1
-            try:
-                await ws.send(f'{{"req_id":"ping-{self._req}","op":"ping"}}')
-            except ConnectionClosed:
-                return
+            if now >= next_ping:
+                next_ping = now + interval
+                self._req += 1
+                try:
+                    await ws.send(f'{{"req_id":"ping-{self._req}","op":"ping"}}')
+                except ConnectionClosed:
+                    return
+                continue
+            await asyncio.sleep(min(next_ping, dead_at) - now)
 
     def _route(self, raw: bytes | str) -> WsMessage | None:
         """Decode one frame and act on it. The hot path: no logging above DEBUG, no allocation
@@ -275,8 +324,7 @@ class PrivateStream:
         try:
             msg = ws_decoder.decode(raw)
         except msgspec.DecodeError:
-            log.debug("ignoring undecodable frame")
-            return None
+            return self._route_odd(raw)
         data = msg.data
         if data is not None:
             if msg.topic.startswith("order"):
@@ -287,10 +335,42 @@ class PrivateStream:
             self._last_pong = asyncio.get_running_loop().time()
         return msg
 
+    def _route_odd(self, raw: bytes | str) -> WsMessage | None:
+        """A frame the fast decoder refused. An order push with one odd order must not lose the
+        others: decode its orders one by one. Anything else is ignored (and logged)."""
+        try:
+            obj = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            log.warning("ignoring a frame that is not JSON")
+            return None
+        if not isinstance(obj, dict):
+            return None
+        topic, data = obj.get("topic"), obj.get("data")
+        if isinstance(topic, str) and topic.startswith("order") and isinstance(data, list):
+            orders = _decode_orders(data)
+            if orders:
+                self._on_orders(orders)
+        else:
+            log.warning("ignoring a frame of unexpected shape (op=%r)", obj.get("op"))
+        return None
+
+
+def _decode_orders(items: list[object]) -> list[WireOrder]:
+    """Decode a push's orders one by one, skipping (and logging) the ones that do not fit."""
+    out = []
+    for item in items:
+        try:
+            out.append(msgspec.convert(item, WireOrder))
+        except msgspec.ValidationError as exc:
+            log.warning("skipping an order update that does not fit the schema: %s", exc)
+    return out
+
 
 async def _close_ws(ws: ClientConnection) -> None:
     try:
         async with asyncio.timeout(1.5):
             await ws.close()
-    except (TimeoutError, OSError, ConnectionClosed):
+    except BaseException as exc:  # timed out, failed, or we were cancelled: do not leave it open
         ws.transport.abort()
+        if not isinstance(exc, TimeoutError | OSError | ConnectionClosed):
+            raise

@@ -18,7 +18,6 @@ from bybit_cancel import (
     BybitError,
     ConfirmationTimeout,
     OrderStatus,
-    RateLimitError,
 )
 from bybit_cancel._client import validate_cancel
 from bybit_cancel._exceptions import error_from_ret_code
@@ -197,7 +196,7 @@ def test_exception_tree() -> None:
         (10003, AuthenticationError),
         (10004, AuthenticationError),
         (10005, AuthenticationError),
-        (10006, RateLimitError),
+        (10006, BybitAPIError),
         (110001, BybitAPIError),
         (170213, BybitAPIError),
         (10001, BybitAPIError),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import time
@@ -18,7 +19,6 @@ from bybit_cancel import (
     AuthenticationError,
     BybitAPIError,
     HTTPStatusError,
-    RateLimitError,
     TransportError,
 )
 from bybit_cancel._rest import Clock, RestClient
@@ -140,12 +140,19 @@ async def test_10006_waits_for_reset_header(rest: RestClient, mock: aioresponses
     assert rest.stats.rate_limit_waits == 1
 
 
-async def test_10006_past_retries_is_rate_limit_error(rest: RestClient, mock: aioresponses) -> None:
-    for _ in range(4):
+async def test_10006_waits_are_bounded_by_the_deadline_not_a_count(
+    rest: RestClient, mock: aioresponses
+) -> None:
+    """Throttling never turns into an error by itself: it waits, as long as the caller allows."""
+    for _ in range(8):  # more than max_retries (3)
         mock.post(CANCEL, payload=env(10006, "Too many visits!"))
-    with pytest.raises(RateLimitError) as info:
-        await rest.cancel(BODY)
-    assert info.value.ret_code == 10006
+    mock.post(CANCEL, payload=OK)
+    ack = await rest.cancel(BODY)
+    assert ack.order_id == "o1" and rest.stats.requests == 9
+    mock.post(CANCEL, payload=env(10006, "Too many visits!"), repeat=True)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await rest.cancel(BODY)
 
 
 async def test_10002_resyncs_once(rest: RestClient, mock: aioresponses) -> None:

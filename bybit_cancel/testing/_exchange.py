@@ -48,6 +48,42 @@ _CATEGORISED_FAMILIES: Final = frozenset({"order", "execution", "execution.fast"
 _LINK_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_")
 _ZERO: Final = Decimal(0)
 
+
+def _perpetual(
+    symbol: str, contract_type: str, base: str, quote: str, settle: str
+) -> dict[str, Any]:
+    # Field order and string formats of the documented example of /v5/market/instruments-info
+    # (https://bybit-exchange.github.io/docs/v5/market/instrument, linear BTCUSDT).
+    return {
+        "symbol": symbol,
+        "contractType": contract_type,
+        "status": "Trading",
+        "baseCoin": base,
+        "quoteCoin": quote,
+        "launchTime": "1585526400000",
+        "deliveryTime": "0",
+        "deliveryFeeRate": "",
+        "priceScale": "2",
+        "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
+        "priceFilter": {"minPrice": "0.50", "maxPrice": "999999.00", "tickSize": "0.50"},
+        "lotSizeFilter": {
+            "maxOrderQty": "100.000",
+            "minOrderQty": "0.001",
+            "qtyStep": "0.001",
+            "postOnlyMaxOrderQty": "1000.000",
+        },
+        "unifiedMarginTrade": True,
+        "fundingInterval": 480,
+        "settleCoin": settle,
+    }
+
+
+# What /v5/market/instruments-info lists, by category (enough for ccxt's load_markets).
+_INSTRUMENTS: Final[dict[str, tuple[dict[str, Any], ...]]] = {
+    "linear": (_perpetual("BTCUSDT", "LinearPerpetual", "BTC", "USDT", "USDT"),),
+    "inverse": (_perpetual("BTCUSD", "InversePerpetual", "BTC", "USD", "BTC"),),
+}
+
 _KIND_CTL: Final = 0
 _KIND_PUSH: Final = 1
 _KIND_PONG: Final = 2
@@ -276,6 +312,7 @@ class FakeExchange:
         self._stopping.clear()
         app = web.Application(middlewares=[self._record_middleware])
         app.router.add_get("/v5/market/time", self._h_market_time)
+        app.router.add_get("/v5/market/instruments-info", self._h_instruments)
         app.router.add_post("/v5/order/create", self._h_create)
         app.router.add_post("/v5/order/cancel", self._h_cancel)
         app.router.add_get("/v5/order/realtime", self._h_realtime)
@@ -997,6 +1034,26 @@ class FakeExchange:
         )
         return web.Response(text=body, content_type="application/json")
 
+    async def _h_instruments(self, request: web.Request) -> web.Response:
+        """Public ``GET /v5/market/instruments-info``, only what ccxt needs to load markets.
+
+        Shape of Bybit's documented linear/inverse example
+        (https://bybit-exchange.github.io/docs/v5/market/instrument, reproduced as a comment in
+        ccxt's ``async_support/bybit.py::fetch_future_markets``): ``result`` holds ``category``,
+        ``list`` and ``nextPageCursor``. The fake lists one perpetual per derivatives category
+        (the symbols the tests and benchmarks trade); spot and option answer an empty list, as
+        does ``status=PreLaunch`` (ccxt asks for pre-launch markets separately).
+        """
+        q = self._query(request)
+        category = q.get("category", "")
+        if category not in CATEGORIES:
+            return self._err(10001, "params error: Illegal category")
+        items = [] if q.get("status") == "PreLaunch" else list(_INSTRUMENTS.get(category, ()))
+        symbol = q.get("symbol")
+        if symbol:
+            items = [i for i in items if i["symbol"] == symbol]
+        return self._json({"category": category, "list": items, "nextPageCursor": ""})
+
     async def _h_create(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         try:
@@ -1633,6 +1690,11 @@ class FakeExchange:
         key, expires, sig = args
         if not isinstance(key, str) or not isinstance(sig, str):
             return False
+        if isinstance(expires, str) and expires.isdigit():
+            # ccxt (ccxt/pro/bybit.py `authenticate`) sends `expires` as a decimal string and
+            # authenticates against production that way; the docs' example sends an int
+            # (protocol §3 "Auth request"). Undocumented: both forms are accepted here.
+            expires = int(expires)
         if isinstance(expires, bool) or not isinstance(expires, int):
             return False
         secret = self._credentials.get(key)

@@ -1,0 +1,275 @@
+"""Edge cases found in review: secrets in transport errors, redirects, failed sends that did land,
+bursts under a rate limit, close during open, the one-shot deadline, outside cancellation, odd
+frames."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from bybit_cancel import (
+    BybitCancelClient,
+    ClientClosedError,
+    ConfirmationTimeout,
+    HTTPStatusError,
+    OrderStatus,
+    TransportError,
+    cancel_and_confirm,
+)
+from bybit_cancel._models import WireOrder
+from bybit_cancel._rest import Clock, RestClient
+from bybit_cancel._signing import Credentials
+from bybit_cancel._stream import PrivateStream
+from bybit_cancel.testing import FakeExchange, Fault
+
+from .conftest import KEY, SECRET, client_tasks, make_client
+
+
+async def _raw_server(handler: Any) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_transport_error_text_holds_no_signature() -> None:
+    """A malformed HTTP answer: the error names the failure, not the request headers."""
+    seen: list[bytes] = []
+
+    async def bad(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nBad Header Line\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server, port = await _raw_server(bad)
+    async with server:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            rest = RestClient(
+                session,
+                f"http://127.0.0.1:{port}",
+                Credentials("KEYKEYKEY", SECRET),
+                recv_window=5000,
+                clock=Clock(),
+                http_timeout=1.0,
+                max_retries=0,
+                rng=random.Random(1),
+            )
+            with pytest.raises(TransportError) as info:
+                await rest.cancel({"category": "linear", "symbol": "BTCUSDT", "orderId": "x"})
+    sign = [line for line in seen[0].split(b"\r\n") if line.lower().startswith(b"x-bapi-sign:")]
+    signature = sign[0].split(b":", 1)[1].strip().decode()
+    text = str(info.value) + repr(info.value)
+    assert signature not in text and SECRET not in text and "X-BAPI" not in text
+    assert info.value.__cause__ is None
+
+
+async def test_redirects_are_not_followed() -> None:
+    """A redirect would re-send the signed headers elsewhere: it is an error instead."""
+    hits: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        raise web.HTTPFound("/elsewhere")
+
+    app = web.Application()
+    app.router.add_post("/v5/order/cancel", redirect)
+    app.router.add_route("*", "/elsewhere", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            rest = RestClient(
+                session,
+                f"http://127.0.0.1:{port}",
+                Credentials("k", SECRET),
+                recv_window=5000,
+                clock=Clock(),
+                http_timeout=1.0,
+                max_retries=0,
+                rng=random.Random(1),
+            )
+            with pytest.raises(HTTPStatusError) as info:
+                await rest.cancel({"category": "linear", "symbol": "BTCUSDT", "orderId": "x"})
+    finally:
+        await runner.cleanup()
+    assert info.value.status == 302 and hits == ["/v5/order/cancel"]
+
+
+async def test_failed_send_that_landed_is_confirmed(fx: FakeExchange) -> None:
+    """With max_retries=0 a 502 is not re-sent; the cancel did land, and that is the answer."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.HTTP_502, order_id=o.order_id, applied=True)
+    async with make_client(fx, max_retries=0, push_grace=0.2) as client:
+        r = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert r.status is OrderStatus.CANCELLED
+
+
+async def test_burst_is_paced_not_refused(fx: FakeExchange) -> None:
+    """40 concurrent cancels against a 15/s limit: all confirmed, few or no 10006."""
+    fx.rate_limits["/v5/order/cancel"] = 15
+    orders = [fx.seed_order() for _ in range(40)]
+    async with make_client(fx) as client:
+        results = await asyncio.gather(
+            *(
+                client.cancel_order(
+                    category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=20
+                )
+                for o in orders
+            )
+        )
+        assert client.rest_stats.rate_limit_waits > 0
+    assert all(r.cancelled for r in results)
+    sent = sum(1 for r in fx.requests if r.path == "/v5/order/cancel")
+    # only the first volley, sent before any answer named the limit, can be refused
+    assert sent < len(orders) * 2
+
+
+async def test_aclose_during_open_leaves_nothing() -> None:
+    """A service stopped while starting: open() fails with ClientClosedError at once, and no
+    task or socket remains."""
+    accepted = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def mute(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        accepted.set()
+        async for _ in ws:  # never answers auth
+            pass
+        closed.set()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v5/private", mute)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        client = BybitCancelClient(
+            api_key=KEY,
+            api_secret=SECRET,
+            rest_url=f"http://127.0.0.1:{port}",
+            ws_url=f"ws://127.0.0.1:{port}/v5/private",
+        )
+        opening = asyncio.create_task(client.open())
+        await asyncio.wait_for(accepted.wait(), 5)
+        await asyncio.wait_for(client.aclose(), 2)
+        with pytest.raises(ClientClosedError):
+            await asyncio.wait_for(opening, 2)
+        assert client_tasks() == []
+        await asyncio.wait_for(closed.wait(), 2)  # the socket was closed, not left open
+    finally:
+        await runner.cleanup()
+
+
+async def test_one_shot_deadline_covers_connecting() -> None:
+    """A stream that accepts TCP but never answers: cancel_and_confirm gives up at its timeout."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read()  # never answers the websocket handshake
+        finally:
+            writer.close()
+
+    server, port = await _raw_server(silent)
+    async with server:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(ConfirmationTimeout) as info:
+            await cancel_and_confirm(
+                api_key=KEY,
+                api_secret=SECRET,
+                category="linear",
+                symbol="BTCUSDT",
+                order_id="x",
+                timeout=0.5,
+                rest_url=f"http://127.0.0.1:{port}",
+                ws_url=f"ws://127.0.0.1:{port}/v5/private",
+            )
+        assert loop.time() - t0 < 3.0
+    assert not info.value.acknowledged
+    assert client_tasks() == []
+
+
+async def test_outside_cancellation_is_not_swallowed(fx: FakeExchange) -> None:
+    """A caller woken by close and cancelled by its own owner in the same turn is cancelled."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=30)
+    async with make_client(fx, push_grace=30.0) as client:
+        acked = asyncio.Event()
+        task = asyncio.create_task(
+            client.cancel_order(
+                category="linear",
+                symbol="BTCUSDT",
+                order_id=o.order_id,
+                on_ack=lambda *_: acked.set(),
+            )
+        )
+        await asyncio.wait_for(acked.wait(), 5)
+        await asyncio.sleep(0)  # let it park on its future
+        client._fail_pending(ClientClosedError("closing"))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_odd_frame_keeps_the_good_orders() -> None:
+    """One order of a push with a wrong type is skipped; the others are still routed."""
+    got: list[list[WireOrder]] = []
+    stream = PrivateStream(
+        "ws://127.0.0.1:1/v5/private",
+        Credentials("k", SECRET),
+        now_ms=lambda: 0,
+        on_orders=got.append,
+        on_reconnected=lambda: None,
+        on_failed=lambda e: None,
+        resync_clock=None,
+        ping_interval=20,
+        handshake_timeout=1,
+        auth_expiry_ms=10_000,
+        reconnect_backoff=(0.1, 1),
+        rng=random.Random(1),
+    )
+    frame = (
+        b'{"topic":"order","id":"x","creationTime":1,"data":['
+        b'{"orderId":"good","orderStatus":"Cancelled","category":"linear"},'
+        b'{"orderId":12345,"orderStatus":"Cancelled"}]}'
+    )
+    stream._route(frame)
+    assert [[o.order_id for o in batch] for batch in got] == [["good"]]
+    stream._route(b"not json")  # ignored, no exception
+    stream._route(b'{"op":"weird"}')
+
+
+def test_bad_order_ids_rejected_before_io() -> None:
+    from bybit_cancel._client import validate_cancel
+
+    for bad in ["a#b", "x&orderLinkId=y", "", "a" * 65, "ü"]:
+        with pytest.raises(ValueError, match="order_id"):
+            validate_cancel(
+                category="linear",
+                symbol="BTCUSDT",
+                order_id=bad,
+                order_link_id=None,
+                order_filter=None,
+                timeout=1,
+            )
+
+
+async def test_client_repr_and_errors_hold_no_secret(fx: FakeExchange) -> None:
+    client = BybitCancelClient(
+        api_key=KEY, api_secret=SECRET, rest_url=fx.rest_url, ws_url=fx.ws_url
+    )
+    assert SECRET not in repr(client) and KEY not in repr(client)
