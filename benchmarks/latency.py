@@ -1,0 +1,130 @@
+"""Latency: N sequential cancels, time to the ack and to the confirmed final state, side by side.
+
+    python benchmarks/latency.py                    # N=2000 after 200 warm-up, all clients
+    python benchmarks/latency.py -n 500 --no-peers [--uvloop] [--inproc]
+
+Clients (benchmarks/_clients.py): bybit_cancel, the hand-written floor, pybit and ccxt.pro, each
+against its own FakeExchange instance in one separate fake process (benchmarks/_fake.py), zero
+injected delay, loopback. The clients are interleaved: iteration i runs one cancel on each
+client, starting with a different client each time, so machine noise hits them all alike.
+Every client waits for the same thing: the websocket push with a final orderStatus for the id.
+
+Targets: bybit_cancel's median confirm <= 1.05 x the floor's, p99 <= 1.2 x the floor's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._clients import Ccxt, Floor, Ours, Pybit
+from benchmarks._common import machine, median, pct, run, verdict
+from benchmarks._fake import FakeHandle
+
+
+def peers_available() -> list[type[Any]]:
+    found: list[type[Any]] = []
+    for cls, module in ((Pybit, "pybit"), (Ccxt, "ccxt")):
+        try:
+            __import__(module)
+        except ImportError:
+            print(f"({module} not installed: skipped; pip install -e '.[bench]')")
+            continue
+        found.append(cls)
+    return found
+
+
+async def latency(n: int, warmup: int, peers: bool, inproc: bool, uvloop: bool) -> bool:
+    kinds: list[type[Any]] = [Ours, Floor]
+    if peers:
+        kinds += peers_available()
+    fake = await FakeHandle.start(len(kinds), inproc=inproc, uvloop=uvloop)
+    clients: list[Any] = []
+    try:
+        ids: list[list[str]] = []
+        for book, kind in enumerate(kinds):
+            urls = fake.books[book]
+            client = kind(urls["rest_url"], urls["ws_url"])
+            await client.open()
+            clients.append(client)
+            await fake.wait_subscribed(book)
+            ids.append((await fake.call("seed", book=book, n=n + warmup))["ids"])
+        ack: dict[str, list[float]] = {c.name: [] for c in clients}
+        confirm: dict[str, list[float]] = {c.name: [] for c in clients}
+        k = len(clients)
+        gc.collect()
+        wall0 = time.perf_counter()
+        for i in range(warmup + n):
+            for j in range(k):
+                book = (i + j) % k
+                client = clients[book]
+                t0 = time.perf_counter()
+                async with asyncio.timeout(10):
+                    acked, done = await client.cancel(ids[book][i])
+                if i >= warmup:
+                    ack[client.name].append((acked - t0) * 1000)
+                    confirm[client.name].append((done - t0) * 1000)
+        wall = time.perf_counter() - wall0
+    finally:
+        for client in clients:
+            await client.close()
+        await fake.close()
+
+    where = "in process" if inproc else "separate process"
+    loop = "uvloop" if uvloop else "asyncio"
+    print(
+        f"latency: N={n} sequential cancels per client (after {warmup} warm-up), interleaved, "
+        f"{loop}, fake in a {where}, on {machine()}; {wall:.1f} s"
+    )
+    ours = confirm["bybit_cancel"]
+    ours_med, ours_p99 = median(ours), pct(ours, 99)
+    print(
+        f"{'client':<14}{'ack p50':>9}{'ack p99':>9}{'conf p50':>10}{'conf p99':>10}"
+        f"{'p50 / ours':>12}{'p99 / ours':>12}   (ms)"
+    )
+    for name in confirm:
+        a, c = ack[name], confirm[name]
+        print(
+            f"{name:<14}{median(a):>9.3f}{pct(a, 99):>9.3f}{median(c):>10.3f}{pct(c, 99):>10.3f}"
+            f"{median(c) / ours_med:>11.2f}x{pct(c, 99) / ours_p99:>11.2f}x"
+        )
+    floor = confirm["floor"]
+    r50 = ours_med / median(floor)
+    r99 = ours_p99 / pct(floor, 99)
+    ok50, ok99 = r50 <= 1.05, r99 <= 1.2
+    print(f"{verdict(ok50)} median confirm {r50:.3f} x floor (target <= 1.05)")
+    print(f"{verdict(ok99)} p99 confirm    {r99:.3f} x floor (target <= 1.2)")
+    for name in ("ccxt", "pybit"):
+        if name in confirm:
+            print(f"INFO {name} median confirm is {median(confirm[name]) / ours_med:.2f} x ours")
+    return ok50 and ok99
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("-n", type=int, default=2000, help="timed cancels per client")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--no-peers", action="store_true", help="only bybit_cancel and the floor")
+    p.add_argument("--inproc", action="store_true", help="run the fake in this process")
+    p.add_argument("--uvloop", action="store_true")
+    a = p.parse_args(argv)
+    result: list[bool] = []
+
+    async def go() -> None:
+        result.append(await latency(a.n, a.warmup, not a.no_peers, a.inproc, a.uvloop))
+
+    run(go, a.uvloop)
+    return 0 if result and result[0] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

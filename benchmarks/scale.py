@@ -1,0 +1,246 @@
+"""Scale: 10,000 concurrent cancels on one client, memory per pending cancel, a 100,000 burst.
+
+    python benchmarks/scale.py                        # N=10,000, burst 100,000
+    python benchmarks/scale.py -n 500 --burst 2000 [--uvloop] [--inproc]
+
+1. N concurrent ``cancel_order`` awaits (one caller task each, ``asyncio.gather``), fake with zero
+   delay: wall time, the fake process's CPU time while serving them, tasks alive beyond the
+   callers at the peak. bybit_cancel and the hand-written floor, alternately, median of rounds.
+2. The same N parked (acknowledged, the fake holding the pushes): tracemalloc and RSS growth per
+   pending cancel (caller task included), and tasks alive beyond the callers: there must be none.
+3. A burst of B cancels through a bounded number of callers (N in flight at most): throughput,
+   confirm p50/p99 and RSS sampled along the way; memory must stay flat after the first quarter.
+
+Targets: all N confirmed; no task per cancel; memory per pending <= 1.1 x the floor's; wall time
+<= 1.1 x the floor's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._clients import Floor, Ours
+from benchmarks._common import machine, median, pct, peak_rss_mb, run, verdict
+from benchmarks._fake import FakeHandle
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def extra_tasks(callers: set[asyncio.Task[Any]], before: set[asyncio.Task[Any]]) -> int:
+    """Tasks alive now beyond the callers and those alive before. aiohttp runs each in-flight
+    request's body writer as a task (at most the connector's 100 connections), for every client."""
+    return len(asyncio.all_tasks() - callers - before)
+
+
+def library_tasks(before: set[asyncio.Task[Any]]) -> int:
+    """New tasks running bybit_cancel code (its stream and heartbeat tasks existed before)."""
+    n = 0
+    for task in asyncio.all_tasks() - before:
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and "bybit_cancel" in code.co_filename:
+            n += 1
+    return n
+
+
+async def concurrent(fake: FakeHandle, book: int, client: Any, n: int) -> dict[str, float]:
+    ids = (await fake.call("seed", book=book, n=n))["ids"]
+    before = asyncio.all_tasks()
+    gc.collect()
+    cpu0 = (await fake.call("cpu"))["cpu"]
+    t0 = time.perf_counter()
+    callers = {asyncio.ensure_future(client.cancel(oid)) for oid in ids}
+    peak_extra = peak_lib = 0
+    while True:
+        done, _ = await asyncio.wait(callers, timeout=0.05)
+        if len(done) == len(callers):
+            break
+        peak_extra = max(peak_extra, extra_tasks(callers, before))
+        peak_lib = max(peak_lib, library_tasks(before | callers))
+    wall = time.perf_counter() - t0
+    fake_cpu = (await fake.call("cpu"))["cpu"] - cpu0
+    confirmed = sum(1 for t in callers if t.exception() is None)
+    return {
+        "wall": wall,
+        "fake_cpu": fake_cpu,
+        "confirmed": confirmed,
+        "extra": peak_extra,
+        "lib": peak_lib,
+    }
+
+
+async def parked(fake: FakeHandle, book: int, client: Any, n: int) -> dict[str, float]:
+    ids = (await fake.call("seed", book=book, n=n))["ids"]
+    await fake.call("park", book=book, on=True)
+    client.acked = 0
+    before = asyncio.all_tasks()
+    gc.collect()
+    tracemalloc.start()
+    mem0, _ = tracemalloc.get_traced_memory()
+    rss0 = rss_mb()
+    callers = {asyncio.ensure_future(client.cancel(oid)) for oid in ids}
+    async with asyncio.timeout(120):
+        while client.acked < n:  # noqa: ASYNC110 (a counter, not worth an Event per client)
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    gc.collect()
+    mem1, _ = tracemalloc.get_traced_memory()
+    rss1 = rss_mb()
+    extra = extra_tasks(callers, before)
+    tracemalloc.stop()
+    await fake.call("park", book=book, on=False)
+    await fake.call("prepare", book=book, ids=ids, per_frame=1)
+    await fake.call("release", book=book)
+    async with asyncio.timeout(120):
+        await asyncio.gather(*callers)
+    return {"bytes": (mem1 - mem0) / n, "rss_kb": (rss1 - rss0) * 1024 / n, "extra": extra}
+
+
+async def burst(fake: FakeHandle, book: int, client: Any, total: int, width: int) -> dict[str, Any]:
+    ids: list[str] = []
+    while len(ids) < total:
+        chunk = min(50_000, total - len(ids))
+        ids += (await fake.call("seed", book=book, n=chunk))["ids"]
+    times: list[float] = []
+    rss: list[float] = []
+    marks = {total * q // 4 for q in (1, 2, 3, 4)}
+    it = iter(ids)
+    count = 0
+    peak_extra = 0
+    before = asyncio.all_tasks()
+
+    async def caller() -> None:
+        nonlocal count
+        for oid in it:
+            t0 = time.perf_counter()
+            await client.cancel(oid)
+            times.append(time.perf_counter() - t0)
+            count += 1
+            if count in marks:
+                rss.append(rss_mb())
+
+    gc.collect()
+    t0 = time.perf_counter()
+    callers = {asyncio.ensure_future(caller()) for _ in range(width)}
+    while True:
+        done, _ = await asyncio.wait(callers, timeout=0.2)
+        if len(done) == len(callers):
+            break
+        peak_extra = max(peak_extra, extra_tasks(callers, before))
+    wall = time.perf_counter() - t0
+    for t in callers:
+        t.result()
+    return {"wall": wall, "times": times, "rss": rss, "extra": peak_extra}
+
+
+async def scale(n: int, total: int, rounds: int, inproc: bool, uvloop: bool) -> bool:
+    fake = await FakeHandle.start(2, inproc=inproc, uvloop=uvloop)
+    ours = Ours(fake.books[0]["rest_url"], fake.books[0]["ws_url"], push_grace=600.0)
+    floor = Floor(fake.books[1]["rest_url"], fake.books[1]["ws_url"], recv_window=600_000)
+    conc: dict[str, list[dict[str, float]]] = {"bybit_cancel": [], "floor": []}
+    park: dict[str, dict[str, float]] = {}
+    try:
+        await ours.open()
+        await floor.open()
+        await fake.wait_subscribed(0)
+        await fake.wait_subscribed(1)
+        pairs: list[tuple[int, Any]] = [(0, ours), (1, floor)]
+        for r in range(rounds):
+            for book, client in pairs if r % 2 == 0 else pairs[::-1]:
+                conc[client.name].append(await concurrent(fake, book, client, n))
+        for book, client in pairs:
+            park[client.name] = await parked(fake, book, client, n)
+        b = await burst(fake, 0, ours, total, n)
+        pending_after = ours.client.pending_count
+        remembered = ours.client._tracker.remembered
+    finally:
+        await ours.close()
+        await floor.close()
+        await fake.close()
+
+    where = "in process" if inproc else "separate process"
+    loop = "uvloop" if uvloop else "asyncio"
+    print(f"scale: N={n} concurrent cancels, {loop}, fake in a {where}, on {machine()}")
+    print(
+        f"{'client':<14}{'confirmed':>10}{'wall s':>9}{'fake CPU s':>12}{'extra tasks':>13}"
+        f"{'B/pending':>11}{'RSS KiB/pending':>17}{'tasks parked':>14}"
+    )
+    summary: dict[str, dict[str, float]] = {}
+    for name, rs in conc.items():
+        s = {k: median([r[k] for r in rs]) for k in ("wall", "fake_cpu")}
+        s["confirmed"] = min(r["confirmed"] for r in rs)
+        s["extra"] = max(r["extra"] for r in rs)
+        s["lib"] = max(r["lib"] for r in rs)
+        summary[name] = s
+        p = park[name]
+        print(
+            f"{name:<14}{s['confirmed']:>10.0f}{s['wall']:>9.2f}{s['fake_cpu']:>12.2f}"
+            f"{s['extra']:>13.0f}{p['bytes']:>11.0f}{p['rss_kb']:>17.2f}{p['extra']:>14.0f}"
+        )
+    ms = [t * 1000 for t in b["times"]]
+    print(
+        f"burst: {total} cancels, at most {n} in flight: {b['wall']:.1f} s "
+        f"({total / b['wall']:,.0f}/s), confirm p50 {median(ms):.1f} ms p99 {pct(ms, 99):.1f} ms, "
+        f"extra tasks {b['extra']}, RSS at 25/50/75/100%: "
+        + " / ".join(f"{x:.0f}" for x in b["rss"])
+        + f" MiB, pending after {pending_after}, remembered {remembered}"
+    )
+    print(f"peak RSS {peak_rss_mb():.0f} MiB")
+    o, f = summary["bybit_cancel"], summary["floor"]
+    ok_all = o["confirmed"] == n
+    # No task per cancel: none of bybit_cancel's own, none at all while parked, and in flight no
+    # more than the floor's (aiohttp's per-request writers, bounded by the connector).
+    ok_tasks = (
+        o["lib"] == 0 and park["bybit_cancel"]["extra"] == 0 and o["extra"] <= max(f["extra"], 100)
+    )
+    mem_ratio = park["bybit_cancel"]["bytes"] / park["floor"]["bytes"]
+    wall_ratio = o["wall"] / f["wall"]
+    growth = (b["rss"][-1] - b["rss"][0]) / b["rss"][0] if len(b["rss"]) == 4 else float("inf")
+    ok_burst = len(b["times"]) == total and growth <= 0.10 and pending_after == 0
+    print(f"{verdict(ok_all)} all {n} confirmed")
+    print(
+        f"{verdict(ok_tasks)} no task per cancel: {o['lib']:.0f} bybit_cancel tasks at the peak, "
+        f"{park['bybit_cancel']['extra']:.0f} extra with {n} parked, {o['extra']:.0f} aiohttp "
+        f"writers in flight (floor {f['extra']:.0f})"
+    )
+    print(f"{verdict(mem_ratio <= 1.1)} memory per pending cancel {mem_ratio:.2f} x floor (<= 1.1)")
+    print(f"{verdict(wall_ratio <= 1.1)} wall time {wall_ratio:.2f} x floor (<= 1.1)")
+    print(
+        f"{verdict(ok_burst)} burst of {total}: RSS growth after the first quarter {growth:+.1%} (<= 10%)"
+    )
+    return ok_all and ok_tasks and mem_ratio <= 1.1 and wall_ratio <= 1.1 and ok_burst
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("-n", type=int, default=10_000, help="concurrent cancels")
+    p.add_argument("--burst", type=int, default=100_000, help="cancels in the burst")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--inproc", action="store_true", help="run the fake in this process")
+    p.add_argument("--uvloop", action="store_true")
+    a = p.parse_args(argv)
+    result: list[bool] = []
+
+    async def go() -> None:
+        result.append(await scale(a.n, a.burst, a.rounds, a.inproc, a.uvloop))
+
+    run(go, a.uvloop)
+    return 0 if result and result[0] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

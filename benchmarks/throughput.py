@@ -1,0 +1,245 @@
+"""Throughput: order-update frames per second, in process and through a loopback websocket.
+
+    python benchmarks/throughput.py                  # 200,000 updates in process, 10,000 over ws
+    python benchmarks/throughput.py -n 20000 --ws-n 2000 [--uvloop] [--inproc]
+
+(a) In process, one core: the recorded Bybit push (fixtures ws-private/order.push.linear-cancelled.json)
+    as a frame of 1 order and of 10 orders, each order resolving a pending cancel. Three paths:
+    bybit_cancel's stream router (``PrivateStream._route`` -> ``CancelTracker.on_orders`` -> the
+    waiter) with every update resolving a registered cancel; ``json.loads`` + dict routing; and
+    untyped ``msgspec.json.decode`` + dict routing (the floor's decoder).
+(b) Loopback websocket: N cancels are parked (acknowledged, the fake holding their pushes), then
+    the fake releases every final state at once, 1 or 10 orders per frame, and the time until
+    every ``cancel_order`` returned gives frames/s. Same for the hand-written floor.
+
+Targets: (a) >= 150,000 updates/s and >= 4 x json+dict; (b) >= 0.95 x the floor's frames/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import msgspec
+
+from benchmarks._clients import FINAL, Floor, Ours
+from benchmarks._common import machine, median, run, verdict
+from benchmarks._fake import FakeHandle
+from bybit_cancel import BybitCancelClient
+from bybit_cancel._signing import Credentials
+from bybit_cancel._stream import PrivateStream
+
+FIXTURE = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared/fixtures/bybit/ws-private/order.push.linear-cancelled.json"
+)
+_FALLBACK_FIXTURE = Path("/work/shared/fixtures/bybit/ws-private/order.push.linear-cancelled.json")
+
+
+def recorded_frames(n_updates: int, per_frame: int) -> tuple[list[bytes], list[str]]:
+    """Frames built from the recorded push: its data[0] repeated with distinct order ids."""
+    path = FIXTURE if FIXTURE.exists() else _FALLBACK_FIXTURE
+    template = json.loads(path.read_text())
+    order = template["data"][0]
+    frames: list[bytes] = []
+    ids: list[str] = []
+    for start in range(0, n_updates, per_frame):
+        data = []
+        for k in range(start, min(start + per_frame, n_updates)):
+            oid = f"f38c5e38-46ef-4a8a-b115-{k:012d}"
+            ids.append(oid)
+            data.append({**order, "orderId": oid})
+        frame = {**template, "data": data}
+        frames.append(json.dumps(frame, separators=(",", ":")).encode())
+    return frames, ids
+
+
+def _noop(*_a: object) -> None:
+    return None
+
+
+async def in_process(n: int, per_frame: int) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    frames, ids = recorded_frames(n, per_frame)
+    out: dict[str, float] = {}
+
+    # bybit_cancel: the real stream router feeding the real client callback.
+    client = BybitCancelClient(api_key="k", api_secret="s", rest_url="http://x", ws_url="ws://x")
+    client._loop = loop
+    stream = PrivateStream(
+        "ws://x",
+        Credentials("k", "s"),
+        now_ms=lambda: 0,
+        on_orders=client._on_push,
+        on_reconnected=_noop,
+        on_failed=_noop,
+        resync_clock=None,
+        ping_interval=20.0,
+        handshake_timeout=10.0,
+        auth_expiry_ms=10_000,
+        reconnect_backoff=(0.1, 1.0),
+        rng=__import__("random").Random(1),
+    )
+    tracker = client._tracker
+    now = time.monotonic()
+    entries = [
+        tracker.start(
+            loop.create_future(),
+            category="linear",
+            symbol="SOLUSDT",
+            order_id=oid,
+            order_link_id=None,
+            now=now,
+        )
+        for oid in ids
+    ]
+    gc.collect()
+    route = stream._route
+    t0 = time.perf_counter()
+    for raw in frames:
+        route(raw)
+    out["bybit_cancel"] = n / (time.perf_counter() - t0)
+    resolved = sum(1 for e in entries if not isinstance(e, msgspec.Struct) and e.result is not None)
+    if resolved != n or len(tracker) != 0:
+        raise RuntimeError(f"in-process: {resolved} of {n} resolved, {len(tracker)} left")
+    del entries
+
+    for name, decode in (("json+dict", json.loads), ("msgspec+dict", msgspec.json.decode)):
+        pending: dict[str, asyncio.Future[Any]] = {oid: loop.create_future() for oid in ids}
+        gc.collect()
+        t0 = time.perf_counter()
+        for raw in frames:
+            msg = decode(raw)
+            for order in msg.get("data") or ():
+                if order["orderStatus"] in FINAL:
+                    fut = pending.pop(order["orderId"], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(order)
+        out[name] = n / (time.perf_counter() - t0)
+        if pending:
+            raise RuntimeError(f"{name}: {len(pending)} left")
+    return out
+
+
+async def park_and_release(
+    fake: FakeHandle, book: int, client: Any, n: int, per_frame: int
+) -> tuple[float, float]:
+    """Park n cancels, release their pushes at once; returns (frames/s, client CPU us/frame)."""
+    ids = (await fake.call("seed", book=book, n=n))["ids"]
+    await fake.call("park", book=book, on=True)
+    client.acked = 0
+    tasks = [asyncio.ensure_future(client.cancel(oid)) for oid in ids]
+    async with asyncio.timeout(120):
+        while client.acked < n:  # noqa: ASYNC110 (a counter, not worth an Event per client)
+            await asyncio.sleep(0.01)
+    await fake.call("park", book=book, on=False)
+    frames = (await fake.call("prepare", book=book, ids=ids, per_frame=per_frame))["frames"]
+    gc.collect()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    await fake.call("release", book=book)
+    async with asyncio.timeout(120):
+        await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    return frames / wall, cpu / frames * 1e6
+
+
+async def loopback(
+    n: int, rounds: int, inproc: bool, uvloop: bool
+) -> dict[int, dict[str, tuple[float, float]]]:
+    fake = await FakeHandle.start(2, inproc=inproc, uvloop=uvloop)
+    ours = Ours(fake.books[0]["rest_url"], fake.books[0]["ws_url"], push_grace=600.0)
+    floor = Floor(fake.books[1]["rest_url"], fake.books[1]["ws_url"], recv_window=600_000)
+    out: dict[int, dict[str, tuple[float, float]]] = {}
+    try:
+        await ours.open()
+        await floor.open()
+        await fake.wait_subscribed(0)
+        await fake.wait_subscribed(1)
+        for per_frame in (1, 10):
+            runs: dict[str, list[tuple[float, float]]] = {"bybit_cancel": [], "floor": []}
+            for r in range(rounds):
+                order: list[tuple[int, Any]] = [(0, ours), (1, floor)]
+                if r % 2:
+                    order.reverse()
+                for book, client in order:
+                    runs[client.name].append(
+                        await park_and_release(fake, book, client, n, per_frame)
+                    )
+            out[per_frame] = {
+                name: (median([r[0] for r in rs]), median([r[1] for r in rs]))
+                for name, rs in runs.items()
+            }
+    finally:
+        await ours.close()
+        await floor.close()
+        await fake.close()
+    return out
+
+
+async def throughput(n: int, ws_n: int, rounds: int, inproc: bool, uvloop: bool) -> bool:
+    loop_name = "uvloop" if uvloop else "asyncio"
+    print(f"throughput on {machine()}, {loop_name}")
+    ok = True
+    print(f"(a) in process, one core, {n} order updates, recorded Bybit frames")
+    print(f"{'path':<16}{'1/frame':>14}{'10/frame':>14}   (order updates/s)")
+    results = {pf: await in_process(n, pf) for pf in (1, 10)}
+    for name in ("bybit_cancel", "json+dict", "msgspec+dict"):
+        print(f"{name:<16}{results[1][name]:>14,.0f}{results[10][name]:>14,.0f}")
+    for pf in (1, 10):
+        ours, base = results[pf]["bybit_cancel"], results[pf]["json+dict"]
+        ok_abs, ok_rel = ours >= 150_000, ours >= 4 * base
+        ok = ok and ok_abs and ok_rel
+        print(
+            f"{verdict(ok_abs)} {pf:>2}/frame: {ours:,.0f} updates/s (target >= 150,000)   "
+            f"{verdict(ok_rel)} {ours / base:.2f} x json+dict (target >= 4)"
+        )
+    where = "in process" if inproc else "separate process"
+    print(
+        f"(b) loopback websocket, fake in a {where}: {ws_n} parked cancels released at once, "
+        f"median of {rounds} rounds"
+    )
+    lb = await loopback(ws_n, rounds, inproc, uvloop)
+    print(f"{'client':<14}{'frame':>7}{'frames/s':>12}{'updates/s':>12}{'CPU us/frame':>14}")
+    for pf, by in lb.items():
+        for name, (fps, cpu) in by.items():
+            print(f"{name:<14}{pf:>7}{fps:>12,.0f}{fps * pf:>12,.0f}{cpu:>14.1f}")
+    for pf, by in lb.items():
+        ratio = by["bybit_cancel"][0] / by["floor"][0]
+        ok = ok and ratio >= 0.95
+        print(
+            f"{verdict(ratio >= 0.95)} {pf:>2}/frame: {ratio:.3f} x the floor's frames/s (target >= 0.95)"
+        )
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("-n", type=int, default=200_000, help="order updates, in process")
+    p.add_argument("--ws-n", type=int, default=10_000, help="parked cancels per loopback round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--inproc", action="store_true", help="run the fake in this process")
+    p.add_argument("--uvloop", action="store_true")
+    a = p.parse_args(argv)
+    result: list[bool] = []
+
+    async def go() -> None:
+        result.append(await throughput(a.n, a.ws_n, a.rounds, a.inproc, a.uvloop))
+
+    run(go, a.uvloop)
+    return 0 if result and result[0] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Smoke test of the benchmark scripts: each runs with a tiny N and prints its table and verdicts.
+
+Only that the scripts work is checked, never the figures (no timed assertions in tests).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    # Exit status 1 means "a target was missed", which a tiny N may well do.
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    return proc.stdout
+
+
+def assert_verdicts(out: str, count: int) -> None:
+    lines = [ln for ln in out.splitlines() if ln.startswith(("PASS", "FAIL"))]
+    assert len(lines) >= count, out
+
+
+def test_latency_with_peers() -> None:
+    pytest.importorskip("pybit")
+    pytest.importorskip("ccxt")
+    out = run_script("benchmarks/latency.py", "-n", "20", "--warmup", "5")
+    for name in ("bybit_cancel", "floor", "pybit", "ccxt"):
+        assert f"\n{name} " in out, out
+    assert "conf p50" in out
+    assert_verdicts(out, 2)
+
+
+def test_latency_without_peers() -> None:
+    out = run_script("benchmarks/latency.py", "-n", "20", "--warmup", "5", "--no-peers", "--inproc")
+    assert "\nbybit_cancel " in out and "\nfloor " in out, out
+    assert_verdicts(out, 2)
+
+
+def test_throughput() -> None:
+    out = run_script("benchmarks/throughput.py", "-n", "200", "--ws-n", "20", "--rounds", "1")
+    assert "json+dict" in out and "frames/s" in out, out
+    assert_verdicts(out, 4)
+
+
+def test_scale() -> None:
+    out = run_script("benchmarks/scale.py", "-n", "20", "--burst", "100", "--rounds", "1")
+    assert "B/pending" in out and "burst:" in out, out
+    assert_verdicts(out, 5)
