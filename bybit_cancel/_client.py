@@ -44,6 +44,7 @@ from ._models import CancelResult, WireOrder
 from ._rest import Clock, RestClient, RestStats
 from ._signing import Credentials, redact_key
 from ._stream import ConnectionState, PrivateStream
+from ._timers import DEADLINE, GRACE, Timers
 from ._urls import resolve_urls
 
 __all__ = ["BybitCancelClient", "cancel_and_confirm"]
@@ -201,6 +202,7 @@ class BybitCancelClient:
         self._failure: BybitError | None = None
         self._rest: RestClient | None = None
         self._stream: PrivateStream | None = None
+        self._timers: Timers | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
         self._old_reconciles: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -237,6 +239,7 @@ class BybitCancelClient:
         if self._state is not _State.UNOPENED:
             raise RuntimeError("a BybitCancelClient cannot be opened twice; create a new one")
         self._loop = asyncio.get_running_loop()
+        self._timers = Timers(self._loop, self._on_timer)
         if self._session is None:
             self._session = aiohttp.ClientSession()
         self._rest = RestClient(
@@ -284,6 +287,10 @@ class BybitCancelClient:
         self._fail_pending(
             ClientClosedError("the client was closed before the cancel was confirmed")
         )
+        if self._timers is not None:
+            self._timers.close()
+        if self._stream is not None:
+            await self._stream.close()  # first: a reconnect cannot start a reconcile after this
         tasks = list(self._old_reconciles)
         if self._reconcile_task is not None:
             tasks.append(self._reconcile_task)
@@ -291,8 +298,6 @@ class BybitCancelClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._stream is not None:
-            await self._stream.close()
         if self._owns_session and self._session is not None:
             await self._session.close()
 
@@ -372,9 +377,13 @@ class BybitCancelClient:
         if self._failure is not None:
             raise _fresh(self._failure)
         loop = self._loop
-        assert loop is not None
-        started = self._tracker.start(
-            loop.create_future(),
+        rest = self._rest
+        timers = self._timers
+        assert loop is not None and rest is not None and timers is not None
+        tracker = self._tracker
+        waiter: Waiter = loop.create_future()
+        started = tracker.start(
+            waiter,
             category=category,
             symbol=symbol,
             order_id=order_id,
@@ -384,23 +393,40 @@ class BybitCancelClient:
         if isinstance(started, CancelResult):
             return started
         entry = started
-        scope = asyncio.timeout(timeout)
+        # The whole call is bounded by one shared timer (see _timers.py), not asyncio.timeout.
+        timers.add(loop.time() + timeout, DEADLINE, entry, timeout)
         try:
-            async with scope:
-                return await self._confirm(entry, body, order_filter, on_ack)
-        except TimeoutError as exc:
-            if not scope.expired():
-                raise
-            raise ConfirmationTimeout(
-                order_id=entry.order_id or None,
-                order_link_id=entry.order_link_id or order_link_id,
-                last_status=entry.last_status,
-                acknowledged=entry.acknowledged,
-                timeout=timeout,
-            ) from exc
+            # The fast path, in this one frame: send, note the ack, park until the push.
+            entry.owner = asyncio.current_task()
+            try:
+                ack = await rest.cancel(body)
+            except Exception as exc:
+                entry.owner = None
+                return await self._after_send_error(entry, exc, order_filter)
+            entry.owner = None
+            if on_ack is not None:
+                on_ack(ack.order_id, ack.order_link_id)
+            if entry.final is None and entry.error is None:
+                known = tracker.acknowledge(
+                    entry,
+                    order_id=ack.order_id,
+                    order_link_id=ack.order_link_id,
+                    now=time.monotonic(),
+                )
+                if known is not None:
+                    return known
+                del ack, body  # nothing of the request stays alive while parked
+                if not waiter.done():
+                    timers.add(loop.time() + self._push_grace, GRACE, entry, waiter)
+                    await waiter
+            outcome = self._outcome(entry)
+            if outcome is not None:
+                return outcome
+            # No push within the grace: lost push or dead stream.
+            return await self._await_final(entry, order_filter)
         except asyncio.CancelledError:
-            # aclose() cancels callers that are inside a REST call; turn our own cancellation
-            # into the promised error, and let any other cancellation through.
+            # The deadline and aclose() interrupt a caller that is inside a REST call; turn our
+            # own cancellation into the promised error, and let any other cancellation through.
             task = asyncio.current_task()
             if entry.interrupted and entry.error is not None and task is not None:
                 entry.interrupted = False
@@ -408,94 +434,59 @@ class BybitCancelClient:
                     raise _fresh(entry.error) from None
             raise
         finally:
-            self._tracker.forget(entry)
-            waiter = entry.waiter
-            if not waiter.done():
-                waiter.cancel()
+            entry.closed = True
+            tracker.forget(entry)
+            if not entry.waiter.done():
+                entry.waiter.cancel()
+            timers.closed_one()
 
-    async def _confirm(
-        self,
-        entry: Pending[Waiter],
-        body: dict[str, str],
-        order_filter: str | None,
-        on_ack: Callable[[str, str], None] | None,
+    async def _after_send_error(
+        self, entry: Pending[Waiter], exc: Exception, order_filter: str | None
     ) -> CancelResult:
-        rest = self._rest
-        assert rest is not None
-        entry.owner = asyncio.current_task()
-        try:
-            ack = await rest.cancel(body)
-        except BybitAPIError as exc:
-            entry.owner = None
-            if exc.ret_code in NOT_FOUND_RET_CODES:
-                return await self._resolve_not_found(entry, exc, order_filter)
-            outcome = self._outcome(entry)
-            if outcome is not None:
-                return outcome  # the order ended anyway; that is the answer
-            if not _transient(exc):
-                raise
-            return await self._after_failed_send(entry, order_filter, exc)
-        except BybitError as exc:
-            entry.owner = None
-            outcome = self._outcome(entry)
-            if outcome is not None:
-                return outcome
-            if not _transient(exc):
-                raise
-            return await self._after_failed_send(entry, order_filter, exc)
-        except Exception:
-            self._outcome(entry)  # closed meanwhile (e.g. "Session is closed"): raise that
-            raise
-        finally:
-            entry.owner = None
-        if on_ack is not None:
-            on_ack(ack.order_id, ack.order_link_id)
-        outcome = self._outcome(entry)
+        if isinstance(exc, BybitAPIError) and exc.ret_code in NOT_FOUND_RET_CODES:
+            return await self._resolve_not_found(entry, exc, order_filter)
+        outcome = self._outcome(entry)  # closed or timed out meanwhile: raise that instead
         if outcome is not None:
-            return outcome  # the push beat the ack
-        known = self._tracker.acknowledge(
-            entry, order_id=ack.order_id, order_link_id=ack.order_link_id, now=time.monotonic()
-        )
-        if known is not None:
-            return known
-        return await self._await_final(entry, order_filter)
-
-    async def _after_failed_send(
-        self, entry: Pending[Waiter], order_filter: str | None, exc: BybitError
-    ) -> CancelResult:
+            return outcome  # the order ended anyway; that is the answer
+        if not (isinstance(exc, BybitError) and _transient(exc)):
+            raise exc
         # Only reached with max_retries set: a failed send does not mean the cancel did not land
         # (the request may have reached Bybit). Wait for the stream and ask REST until the deadline.
         log.warning("cancel request failed (%s); the cancel may have landed, confirming", exc)
+        outcome = await self._park(entry, self._push_grace)
+        if outcome is not None:
+            return outcome
         return await self._await_final(entry, order_filter)
 
     @staticmethod
     def _outcome(entry: Pending[Waiter]) -> CancelResult | None:
         if entry.error is not None:
             raise _fresh(entry.error)
-        return entry.result
+        try:
+            return entry.result
+        except (ArithmeticError, ValueError) as exc:
+            raise BybitError(f"Bybit sent a final state with a malformed field: {exc!r}") from None
 
     async def _park(self, entry: Pending[Waiter], delay: float) -> CancelResult | None:
-        """Wait up to ``delay`` for the entry to be resolved; no task, one timer handle."""
+        """Wait up to ``delay`` for the entry to be resolved (no task; a shared timer)."""
         waiter = entry.waiter
-        if not waiter.done():
-            handle = waiter.get_loop().call_later(delay, _wake, waiter)
-            try:
-                await waiter
-            finally:
-                handle.cancel()
-        outcome = self._outcome(entry)
-        if outcome is None:
-            entry.waiter = waiter.get_loop().create_future()
-        return outcome
-
-    async def _await_final(self, entry: Pending[Waiter], order_filter: str | None) -> CancelResult:
-        delay = self._push_grace
-        while True:
-            outcome = await self._park(entry, delay)
+        if waiter.done():
+            outcome = self._outcome(entry)
             if outcome is not None:
                 return outcome
-            # No push within the grace: lost push or dead stream. Ask REST (§12.1). A failed
-            # lookup is not an answer: keep waiting for the push and ask again later.
+            waiter = entry.waiter = waiter.get_loop().create_future()
+        timers = self._timers
+        assert timers is not None
+        timers.add(waiter.get_loop().time() + delay, GRACE, entry, waiter)
+        await waiter
+        return self._outcome(entry)
+
+    async def _await_final(self, entry: Pending[Waiter], order_filter: str | None) -> CancelResult:
+        """The slow path: no push came within the grace. Ask REST (§12.1), then wait for the push
+        again with a doubling delay, until final or the deadline. A failed lookup is not an
+        answer: keep waiting and ask again later."""
+        delay = self._push_grace
+        while True:
             try:
                 await self._lookup(entry, order_filter)
             except BybitError as exc:
@@ -506,6 +497,9 @@ class BybitCancelClient:
             if outcome is not None:
                 return outcome
             delay = min(delay * 2, 5.0)
+            outcome = await self._park(entry, delay)
+            if outcome is not None:
+                return outcome
 
     async def _lookup(
         self, entry: Pending[Waiter], order_filter: str | None, *, owned: bool = True
@@ -612,15 +606,39 @@ class BybitCancelClient:
 
     def _fail_pending(self, exc: BaseException) -> None:
         for entry in self._tracker.fail_all(exc):
-            waiter = entry.waiter
-            if not waiter.done():
-                waiter.set_result(None)
-            owner = entry.owner
-            if isinstance(owner, asyncio.Task) and not owner.done():
-                # The owner is inside a REST call (perhaps sleeping in a backoff): interrupt it;
-                # cancel_order turns this cancellation (and only this one) into `exc`.
-                entry.interrupted = True
-                owner.cancel()
+            self._interrupt(entry, exc)
+
+    def _on_timer(self, entry: Pending[Waiter], kind: int, payload: Any) -> None:
+        if kind == GRACE:
+            if entry.waiter is payload and not payload.done():
+                payload.set_result(None)
+            return
+        # DEADLINE. An outcome that arrived first wins: the truth beats the clock.
+        if entry.final is not None or entry.error is not None:
+            return
+        self._tracker.forget(entry)
+        error = ConfirmationTimeout(
+            order_id=entry.order_id or None,
+            order_link_id=entry.order_link_id or None,
+            last_status=entry.last_status,
+            acknowledged=entry.acknowledged,
+            timeout=payload,
+        )
+        self._interrupt(entry, error)
+
+    @staticmethod
+    def _interrupt(entry: Pending[Waiter], error: BaseException) -> None:
+        """Fail one pending call with ``error`` and make its caller notice now."""
+        entry.error = error
+        waiter = entry.waiter
+        if not waiter.done():
+            waiter.set_result(None)  # a parked caller wakes and raises it
+        owner = entry.owner
+        if isinstance(owner, asyncio.Task) and not owner.done():
+            # The caller is inside a REST call (perhaps sleeping in a backoff): interrupt it;
+            # cancel_order turns this cancellation (and only this one) into `error`.
+            entry.interrupted = True
+            owner.cancel()
 
     async def _reconcile(self) -> None:
         entries = self._tracker.pending()
@@ -672,11 +690,6 @@ def _fresh(exc: BaseException) -> BaseException:
         return exc
     clone.__traceback__ = None
     return clone
-
-
-def _wake(waiter: Waiter) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 async def cancel_and_confirm(

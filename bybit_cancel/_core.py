@@ -18,6 +18,7 @@ Rules (bybit-protocol.md §4, §5, §12):
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 from ._models import (
@@ -38,9 +39,12 @@ class Pending(Generic[W]):
     """One pending cancel. Created by :meth:`CancelTracker.start`; opaque to callers but readable."""
 
     __slots__ = (
+        "_result",
         "acknowledged",
         "category",
+        "closed",
         "error",
+        "final",
         "interrupted",
         "last_status",
         "last_updated",
@@ -48,7 +52,6 @@ class Pending(Generic[W]):
         "order_id",
         "order_link_id",
         "owner",
-        "result",
         "symbol",
         "waiter",
     )
@@ -63,9 +66,14 @@ class Pending(Generic[W]):
         self.order_link_id = order_link_id
         self.acknowledged = False
         # The outcome lives on the entry, so a wake-up that races another cannot lose it: the
-        # waiter is only a signal for the I/O layer.
-        self.result: CancelResult | None = None
+        # waiter is only a signal for the I/O layer. `final` is set when an update resolves the
+        # entry; the public result is built from it on first use, by the woken caller, so that
+        # routing a push stays cheap.
+        self.final: _Final | None = None
+        self._result: CancelResult | None = None
         self.error: BaseException | None = None
+        # Set by the I/O layer once the caller has returned (timers may still hold the entry).
+        self.closed = False
         self.last_status: str | None = None
         self.last_updated = -1
         # Is this entry in the link index (the caller gave only the orderLinkId)?
@@ -74,6 +82,21 @@ class Pending(Generic[W]):
         # interrupt it), and whether it did interrupt it. Opaque here.
         self.owner: object | None = None
         self.interrupted = False
+
+    @property
+    def result(self) -> CancelResult | None:
+        """The confirmed final state, or ``None`` while pending.
+
+        Raises ``ValueError``/``ArithmeticError`` if Bybit sent a quantity that is not a number.
+        """
+        result = self._result
+        if result is None and self.final is not None:
+            result = self._result = self.final.result()
+        return result
+
+    @result.setter
+    def result(self, value: CancelResult | None) -> None:
+        self._result = value
 
     def __repr__(self) -> str:
         ident = self.order_id or self.order_link_id
@@ -213,7 +236,7 @@ class CancelTracker(Generic[W]):
         removed.
         """
         entry.acknowledged = True
-        if order_id and not entry.order_id and entry.result is None and entry.error is None:
+        if order_id and not entry.order_id and entry.final is None and entry.error is None:
             entry.order_id = order_id
             self._by_id.add(order_id, entry)
         if order_link_id and not entry.order_link_id:
@@ -244,24 +267,37 @@ class CancelTracker(Generic[W]):
     def on_orders(self, orders: list[WireOrder], source: Source, now: float) -> list[Pending[W]]:
         """Apply order updates (one push's ``data[]``, or a REST lookup).
 
-        Returns the pending cancels they resolved, each with ``result`` set and already removed.
+        Returns the pending cancels they resolved, each with ``final`` set (``result`` builds the
+        public result from it) and already removed.
         """
         resolved: list[Pending[W]] = []
         by_id = self._by_id.one
+        by_link = self._by_link.one
         for order in orders:
             status = FINAL_BY_WIRE.get(order.order_status)
             final = None if status is None else self._remember(order, status, source, now)
-            matched = self._matching(order) if by_id or self._by_link.one else None
+            if not (by_id or by_link):
+                continue
+            # The common case, one cancel per order id and none by link id, without allocations.
+            head = by_id.get(order.order_id)
+            if head is not None and not self._by_id.more and not by_link:
+                if order.category and head.category != order.category:
+                    continue
+                if final is None:
+                    self._note_open((head,), order)
+                    continue
+                head.final = final
+                self.forget(head)
+                resolved.append(head)
+                continue
+            matched = self._matching(order)
             if not matched:
                 continue
             if final is None:
                 self._note_open(matched, order)
                 continue
-            result = self._result(final)
-            if result is None:
-                continue  # malformed quantities: leave it to the REST fallback
             for entry in matched:
-                entry.result = result
+                entry.final = final
                 self.forget(entry)
                 resolved.append(entry)
         return resolved
@@ -281,7 +317,7 @@ class CancelTracker(Generic[W]):
         return matched
 
     @staticmethod
-    def _note_open(matched: list[Pending[W]], order: WireOrder) -> None:
+    def _note_open(matched: Sequence[Pending[W]], order: WireOrder) -> None:
         # Non-final update: remember the newest status for diagnostics; ignore stale ones.
         try:
             updated = int(order.updated_time) if order.updated_time else 0

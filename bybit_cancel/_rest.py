@@ -172,11 +172,10 @@ class RestClient:
         self._recv_window = recv_window
         self.clock = clock
         self.limiter = RateLimiter(clock)
-        # Per-socket bounds, not `total`: aiohttp's total (and `connect`) include the wait for a
-        # free pooled connection, so a burst of cancels would time out while merely queued.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=http_timeout, sock_read=http_timeout
-        )
+        # One timer per request (aiohttp re-arms a sock_read timer on every read). `total` also
+        # counts the wait for a pooled connection, but requests pass the gate below first, so
+        # they do not queue inside aiohttp.
+        self._timeout = aiohttp.ClientTimeout(total=http_timeout)
         self._max_retries = max_retries
         self._rng = rng
         self.stats = RestStats()
