@@ -435,10 +435,11 @@ class BybitCancelClient:
             raise
         finally:
             entry.closed = True
-            tracker.forget(entry)
+            if entry.final is None and entry.error is None:
+                tracker.forget(entry)  # (a resolved or failed entry is already out)
             if not entry.waiter.done():
                 entry.waiter.cancel()
-            timers.closed_one()
+            timers.release(entry)
 
     async def _after_send_error(
         self, entry: Pending[Waiter], exc: Exception, order_filter: str | None

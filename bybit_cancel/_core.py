@@ -53,6 +53,7 @@ class Pending(Generic[W]):
         "order_link_id",
         "owner",
         "symbol",
+        "timer_items",
         "waiter",
     )
 
@@ -82,6 +83,7 @@ class Pending(Generic[W]):
         # interrupt it), and whether it did interrupt it. Opaque here.
         self.owner: object | None = None
         self.interrupted = False
+        self.timer_items = 0  # the I/O layer's timer entries for this call
 
     @property
     def result(self) -> CancelResult | None:
@@ -213,6 +215,8 @@ class CancelTracker(Generic[W]):
         Returns the final state at once if one is remembered for this order; otherwise the
         :class:`Pending` entry, which must later be resolved or passed to :meth:`forget`.
         """
+        if self._recent:
+            self._evict(now)
         known = self._recent_final(category, order_id or "", order_link_id or "", now)
         if known is not None:
             result = self._result(known)
@@ -236,12 +240,14 @@ class CancelTracker(Generic[W]):
         removed.
         """
         entry.acknowledged = True
-        if order_id and not entry.order_id and entry.final is None and entry.error is None:
-            entry.order_id = order_id
-            self._by_id.add(order_id, entry)
         if order_link_id and not entry.order_link_id:
             entry.order_link_id = order_link_id
-        known = self._recent_final(entry.category, entry.order_id, entry.order_link_id, now)
+        if not order_id or entry.order_id or entry.final is not None or entry.error is not None:
+            # Nothing new learnt: a final state for this id would already have resolved it.
+            return None
+        entry.order_id = order_id
+        self._by_id.add(order_id, entry)
+        known = self._recent_final(entry.category, order_id, entry.order_link_id, now)
         if known is None:
             return None
         result = self._result(known)
@@ -394,13 +400,15 @@ class CancelTracker(Generic[W]):
     def _recent_final(
         self, category: str, order_id: str, order_link_id: str, now: float
     ) -> _Final | None:
-        if not self._recent:
+        recent = self._recent
+        if not recent:
             return None
-        self._evict(now)
         if order_id:
-            known = self._recent.get(order_id)
+            known = recent.get(order_id)
         else:
-            known = self._recent.get(self._recent_link.get((category, order_link_id), ""))
+            known = recent.get(self._recent_link.get((category, order_link_id), ""))
         if known is None or (known.order.category and known.order.category != category):
             return None
+        if known.at < now - self._recent_age:
+            return None  # too old to trust; eviction will drop it
         return known

@@ -158,7 +158,28 @@ class ServerTime(msgspec.Struct, rename="camel", gc=False):
     time_nano: str = ""
 
 
+class AckEnvelope(msgspec.Struct, rename="camel", gc=False):
+    """The cancel answer decoded in one step (the hot path). Errors carry ``"result": {}``, or
+    ``null`` in old messages (§1)."""
+
+    ret_code: int
+    ret_msg: str = ""
+    result: CancelAck | None = None
+    time: int = 0
+
+
+class OrdersEnvelope(msgspec.Struct, rename="camel", gc=False):
+    """A /v5/order/realtime or /v5/order/history answer, decoded in one step."""
+
+    ret_code: int
+    ret_msg: str = ""
+    result: OrderList | None = None
+    time: int = 0
+
+
 ws_decoder = msgspec.json.Decoder(WsMessage)
+ack_envelope_decoder = msgspec.json.Decoder(AckEnvelope)
+orders_envelope_decoder = msgspec.json.Decoder(OrdersEnvelope)
 envelope_decoder = msgspec.json.Decoder(Envelope)
 ack_decoder = msgspec.json.Decoder(CancelAck)
 order_list_decoder = msgspec.json.Decoder(OrderList)

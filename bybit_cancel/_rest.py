@@ -22,7 +22,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import msgspec
@@ -35,16 +35,25 @@ from ._exceptions import (
 )
 from ._models import (
     CancelAck,
+    OrderList,
     WireOrder,
-    ack_decoder,
+    ack_envelope_decoder,
     encoder,
     envelope_decoder,
-    order_list_decoder,
+    orders_envelope_decoder,
     server_time_decoder,
 )
 from ._signing import Credentials, rest_headers
 
 __all__ = ["Clock", "RateLimiter", "RestClient", "RestStats"]
+
+E = TypeVar("E", bound="_HasRetCode")
+
+
+class _HasRetCode(Protocol):
+    ret_code: int
+    ret_msg: str
+
 
 log = logging.getLogger("bybit_cancel")
 
@@ -186,15 +195,18 @@ class RestClient:
         # recv_window before Bybit reads it is refused with 10002 (§1 Timestamp window).
         connector = session.connector
         limits = [] if connector is None else [connector.limit, connector.limit_per_host]
-        slots = min((n for n in limits if n), default=0)
-        self._gate = asyncio.Semaphore(slots) if slots else None
+        self._slots = min((n for n in limits if n), default=0)
+        self._inflight = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
 
     # -- endpoints -----------------------------------------------------------------------------
 
     async def cancel(self, body: dict[str, str]) -> CancelAck:
         """``POST /v5/order/cancel``. Returns the acknowledgement; raises a typed error otherwise."""
-        raw = await self._call("POST", "/v5/order/cancel", body, body["category"])
-        return ack_decoder.decode(raw)
+        env = await self._call(
+            "POST", "/v5/order/cancel", body, body["category"], ack_envelope_decoder
+        )
+        return env.result or CancelAck()
 
     async def find_order(
         self,
@@ -219,8 +231,8 @@ class RestClient:
         if order_filter is not None:
             params["orderFilter"] = order_filter
         for path in ("/v5/order/realtime", "/v5/order/history"):
-            raw = await self._call("GET", path, params, category)
-            result = order_list_decoder.decode(raw)
+            env = await self._call("GET", path, params, category, orders_envelope_decoder)
+            result = env.result or OrderList()
             for order in result.orders:
                 if (order_id and order.order_id == order_id) or (
                     not order_id and order.order_link_id == order_link_id
@@ -271,8 +283,13 @@ class RestClient:
     # -- the one retry policy ------------------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, params: dict[str, Any], category: str
-    ) -> msgspec.Raw:
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        category: str,
+        decoder: msgspec.json.Decoder[E],
+    ) -> E:
         key = (path, category)
         failures = 0  # network errors, timeouts, 5xx: bounded by max_retries, if set
         resynced = False
@@ -320,12 +337,12 @@ class RestClient:
                     )
                 raise HTTPStatusError(status, _snippet(body))
             try:
-                env = envelope_decoder.decode(body)
+                env = decoder.decode(body)
             except msgspec.DecodeError:
                 raise HTTPStatusError(status, "undecodable body: " + _snippet(body)) from None
             code = env.ret_code
             if code == 0:
-                return env.result
+                return env
             if code in _RATE_LIMITED:
                 reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
                 until = int(reset) if reset and reset.isdigit() else self.clock.now_ms() + 200
@@ -349,11 +366,43 @@ class RestClient:
         await asyncio.sleep(delay)
 
     async def _once(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any, bytes]:
-        gate = self._gate
-        if gate is None:
+        slots = self._slots
+        if not slots:
             return await self._send(method, path, params)
-        async with gate:
+        if self._inflight < slots and not self._slot_waiters:
+            self._inflight += 1  # the common case: a free slot, no await, no allocation
+        else:
+            await self._wait_for_slot()
+        try:
             return await self._send(method, path, params)
+        finally:
+            self._inflight -= 1
+            waiters = self._slot_waiters
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+
+    async def _wait_for_slot(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiters = self._slot_waiters
+        while self._inflight >= self._slots:
+            waiter = loop.create_future()
+            waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    # Woken, then cancelled before taking the slot: pass the turn on.
+                    for other in waiters:
+                        if not other.done():
+                            other.set_result(None)
+                            break
+                elif waiter in waiters:
+                    waiters.remove(waiter)
+                raise
+        self._inflight += 1
 
     async def _send(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any, bytes]:
         self.stats.requests += 1
