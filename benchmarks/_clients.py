@@ -83,6 +83,13 @@ class Floor:
         await fut
         return ack, time.perf_counter()
 
+    def cancel_direct(self, order_id: str) -> Any:
+        """The floor's call itself (it has no wrapper)."""
+        return self.cancel(order_id)
+
+    def parked(self) -> int:
+        return self.acked
+
     async def _post(self, order_id: str) -> None:
         assert self._session is not None
         body = f'{{"category":"{CATEGORY}","symbol":"{SYMBOL}","orderId":"{order_id}"}}'
@@ -140,6 +147,16 @@ class Ours:
         if result.order_id != order_id or not result.status.is_final:
             raise RuntimeError(f"bybit_cancel: unexpected result {result}")
         return (ack or done), done
+
+    def cancel_direct(self, order_id: str, timeout: float = 30.0) -> Any:
+        """The library call itself, with no wrapper frame or closure (for memory figures)."""
+        return self.client.cancel_order(
+            category=CATEGORY, symbol=SYMBOL, order_id=order_id, timeout=timeout
+        )
+
+    def parked(self) -> int:
+        """Cancels acknowledged and waiting for their push."""
+        return sum(1 for e in self.client._tracker.pending() if e.acknowledged)
 
     async def close(self) -> None:
         await self.client.aclose()

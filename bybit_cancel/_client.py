@@ -44,7 +44,7 @@ from ._models import CancelResult, WireOrder
 from ._rest import Clock, RestClient, RestStats
 from ._signing import Credentials, redact_key
 from ._stream import ConnectionState, PrivateStream
-from ._timers import DEADLINE, GRACE, Timers
+from ._timers import GRACE, Timers
 from ._urls import resolve_urls
 
 __all__ = ["BybitCancelClient", "cancel_and_confirm"]
@@ -394,7 +394,7 @@ class BybitCancelClient:
             return started
         entry = started
         # The whole call is bounded by one shared timer (see _timers.py), not asyncio.timeout.
-        timers.add(loop.time() + timeout, DEADLINE, entry, timeout)
+        timers.add_deadline(entry, loop.time() + timeout, timeout)
         try:
             # The fast path, in this one frame: send, note the ack, park until the push.
             entry.owner = asyncio.current_task()
@@ -406,6 +406,7 @@ class BybitCancelClient:
             entry.owner = None
             if on_ack is not None:
                 on_ack(ack.order_id, ack.order_link_id)
+                on_ack = None  # not kept alive while parked
             if entry.final is None and entry.error is None:
                 known = tracker.acknowledge(
                     entry,
@@ -417,7 +418,7 @@ class BybitCancelClient:
                     return known
                 del ack, body  # nothing of the request stays alive while parked
                 if not waiter.done():
-                    timers.add(loop.time() + self._push_grace, GRACE, entry, waiter)
+                    timers.add_grace(entry, loop.time() + self._push_grace)
                     await waiter
             outcome = self._outcome(entry)
             if outcome is not None:

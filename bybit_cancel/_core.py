@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
+import msgspec
+
 from ._models import (
     FINAL_BY_WIRE,
     CancelResult,
@@ -43,8 +45,10 @@ class Pending(Generic[W]):
         "acknowledged",
         "category",
         "closed",
+        "deadline_at",
         "error",
         "final",
+        "grace_at",
         "interrupted",
         "last_status",
         "last_updated",
@@ -53,6 +57,7 @@ class Pending(Generic[W]):
         "order_link_id",
         "owner",
         "symbol",
+        "timeout",
         "timer_items",
         "waiter",
     )
@@ -83,7 +88,12 @@ class Pending(Generic[W]):
         # interrupt it), and whether it did interrupt it. Opaque here.
         self.owner: object | None = None
         self.interrupted = False
-        self.timer_items = 0  # the I/O layer's timer entries for this call
+        # For the I/O layer's timers: how many of its queue entries point here, and when the
+        # call's deadline and first grace expire.
+        self.timer_items = 0
+        self.timeout = 0.0
+        self.deadline_at = 0.0
+        self.grace_at = 0.0
 
     @property
     def result(self) -> CancelResult | None:
@@ -161,14 +171,14 @@ class _Index(Generic[K, W]):
         self.more.clear()
 
 
-class _Final:
-    __slots__ = ("at", "order", "source", "status")
+class _Final(msgspec.Struct, gc=False):
+    """A final state as received: built on the router's path, so a C struct the cyclic GC
+    never has to visit (it holds only strings, numbers and other such structs)."""
 
-    def __init__(self, order: WireOrder, status: OrderStatus, source: Source, at: float) -> None:
-        self.order = order
-        self.status = status
-        self.source = source
-        self.at = at
+    order: WireOrder
+    status: OrderStatus
+    source: Source
+    at: float
 
     def result(self) -> CancelResult:
         return result_from_wire(self.order, self.status, self.source)
@@ -388,14 +398,16 @@ class CancelTracker(Generic[W]):
     def _evict(self, now: float) -> None:
         recent = self._recent
         horizon = now - self._recent_age
+        size = self._recent_size
         while recent:
-            order_id, oldest = next(iter(recent.items()))
-            if len(recent) <= self._recent_size and oldest.at >= horizon:
+            if len(recent) <= size and recent[next(iter(recent))].at >= horizon:
                 break
-            recent.popitem(last=False)
-            key = (oldest.order.category, oldest.order.order_link_id)
-            if oldest.order.order_link_id and self._recent_link.get(key) == order_id:
-                del self._recent_link[key]
+            order_id, oldest = recent.popitem(last=False)
+            link = oldest.order.order_link_id
+            if link:
+                key = (oldest.order.category, link)
+                if self._recent_link.get(key) == order_id:
+                    del self._recent_link[key]
 
     def _recent_final(
         self, category: str, order_id: str, order_link_id: str, now: float

@@ -87,6 +87,11 @@ class RestStats:
     clock_resyncs: int = 0
 
 
+# Bybit's per-endpoint limits are tens of requests per second (§7). Above this, the client does
+# not keep a log of its sends (it would only cost memory); Status 0 and 10006 still hold it back.
+_PACED_LIMIT = 1000
+
+
 class RateLimiter:
     """Per-(endpoint, category) pacing fed by Bybit's ``X-Bapi-Limit-*`` headers (§7).
 
@@ -119,9 +124,11 @@ class RateLimiter:
         horizon = now - self.WINDOW
         while sent and sent[0] <= horizon:
             sent.popleft()
-        if len(sent) >= state.limit:
+        limit = state.limit
+        if len(sent) >= limit:
             return sent[0] - horizon
-        sent.append(now)
+        if limit <= _PACED_LIMIT:
+            sent.append(now)
         return 0.0
 
     def block_until_server_ms(self, key: tuple[str, str], server_ms: int) -> None:

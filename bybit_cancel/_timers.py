@@ -5,11 +5,12 @@ A timer handle per cancel (``asyncio.timeout`` plus a ``call_later`` for the gra
 until they expire or the loop cleans them up: with 10,000 cancels pending, every timer operation of
 the whole program pays for that heap. Here all cancels share at most one armed loop timer.
 
-Items of one kind nearly always come in time order (every call uses the same grace, and usually
-the same timeout), so each kind has a FIFO queue (append and pop in O(1)); an item that would break
-the order (a shorter timeout than the last one) goes to a small heap instead. Items of finished
-calls are dropped lazily, and the queues are compacted when such stale items are the majority, so
-memory stays proportional to the calls in flight.
+The hot path adds two items per call: its deadline and its first grace. Calls nearly always come
+with the same timeout and the same grace, so each of these has a FIFO queue of entries (append and
+pop in O(1), no allocation: the times live on the entry). A deadline that would break the order (a
+shorter timeout than the last call's) and the slow path's later waits go to a small heap. Items of
+finished calls are dropped lazily, and the queues are compacted when such stale items are the
+majority, so memory stays proportional to the calls in flight.
 """
 
 from __future__ import annotations
@@ -33,13 +34,26 @@ GRACE = 1
 _GRANULARITY = 0.005
 _COMPACT_MIN = 1024
 
-_Item = tuple[float, Pending[Any], Any]
-
 
 class Timers:
-    """Deadlines and grace wake-ups of pending cancels, on one loop timer."""
+    """Deadlines and grace wake-ups of pending cancels, on one loop timer.
 
-    __slots__ = ("_armed_at", "_fifo", "_handle", "_heap", "_loop", "_on_due", "_seq", "_stale")
+    ``on_due(entry, kind, payload)`` is called for an item that comes due while its entry is not
+    ``closed``: ``DEADLINE`` with the call's timeout, ``GRACE`` with the waiter to wake.
+    """
+
+    __slots__ = (
+        "_armed_at",
+        "_deadlines",
+        "_graces",
+        "_handle",
+        "_heap",
+        "_items",
+        "_loop",
+        "_on_due",
+        "_seq",
+        "_stale",
+    )
 
     def __init__(
         self,
@@ -48,28 +62,45 @@ class Timers:
     ) -> None:
         self._loop = loop
         self._on_due = on_due
-        self._fifo: tuple[deque[_Item], deque[_Item]] = (deque(), deque())
+        self._deadlines: deque[Pending[Any]] = deque()
+        self._graces: deque[Pending[Any]] = deque()
         self._heap: list[tuple[float, int, int, Pending[Any], Any]] = []
         self._seq = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
+        self._items = 0
         self._stale = 0
 
-    def add(self, when: float, kind: int, entry: Pending[Any], payload: Any) -> None:
-        """Call ``on_due(entry, kind, payload)`` at loop time ``when`` unless the entry is closed."""
-        fifo = self._fifo[kind]
-        if not fifo or fifo[-1][0] <= when:
-            fifo.append((when, entry, payload))
+    def add_deadline(self, entry: Pending[Any], when: float, timeout: float) -> None:
+        """The call fails with a timeout at loop time ``when``."""
+        entry.deadline_at = when
+        entry.timeout = timeout
+        queue = self._deadlines
+        if not queue or queue[-1].deadline_at <= when:
+            queue.append(entry)
+            self._added(entry, when)
         else:
-            heapq.heappush(self._heap, (when, next(self._seq), kind, entry, payload))
-        entry.timer_items += 1
-        if when < self._armed_at:
-            self._arm(when)
+            self.add(when, DEADLINE, entry, timeout)
+
+    def add_grace(self, entry: Pending[Any], when: float) -> None:
+        """Wake the call's current waiter at ``when`` (once per call: the first grace)."""
+        entry.grace_at = when
+        queue = self._graces
+        if not queue or queue[-1].grace_at <= when:
+            queue.append(entry)
+            self._added(entry, when)
+        else:
+            self.add(when, GRACE, entry, entry.waiter)
+
+    def add(self, when: float, kind: int, entry: Pending[Any], payload: Any) -> None:
+        """Any item, at any time (the heap)."""
+        heapq.heappush(self._heap, (when, next(self._seq), kind, entry, payload))
+        self._added(entry, when)
 
     def release(self, entry: Pending[Any]) -> None:
         """The entry's call finished (``entry.closed`` is set): its items are stale."""
         self._stale += entry.timer_items
-        if self._stale > _COMPACT_MIN and self._stale * 2 > len(self):
+        if self._stale > _COMPACT_MIN and self._stale * 2 > self._items:
             self._compact()
 
     def close(self) -> None:
@@ -77,31 +108,29 @@ class Timers:
             self._handle.cancel()
             self._handle = None
         self._armed_at = math.inf
-        for fifo in self._fifo:
-            fifo.clear()
+        self._deadlines.clear()
+        self._graces.clear()
         self._heap.clear()
-        self._stale = 0
+        self._items = self._stale = 0
 
     def __len__(self) -> int:
-        return len(self._fifo[0]) + len(self._fifo[1]) + len(self._heap)
+        return self._items
+
+    def _added(self, entry: Pending[Any], when: float) -> None:
+        entry.timer_items += 1
+        self._items += 1
+        if when < self._armed_at:
+            self._arm(when)
 
     def _compact(self) -> None:
-        for fifo in self._fifo:
-            live = [item for item in fifo if not item[1].closed]
-            fifo.clear()
-            fifo.extend(live)
+        for queue in (self._deadlines, self._graces):
+            live = [e for e in queue if not e.closed]
+            queue.clear()
+            queue.extend(live)
         self._heap[:] = [item for item in self._heap if not item[3].closed]
         heapq.heapify(self._heap)
+        self._items = len(self._deadlines) + len(self._graces) + len(self._heap)
         self._stale = 0
-
-    def _next_when(self) -> float:
-        when = math.inf
-        for fifo in self._fifo:
-            if fifo and fifo[0][0] < when:
-                when = fifo[0][0]
-        if self._heap and self._heap[0][0] < when:
-            when = self._heap[0][0]
-        return when
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:
@@ -114,20 +143,27 @@ class Timers:
         self._armed_at = math.inf
         now = self._loop.time()
         due: list[tuple[int, Pending[Any], Any]] = []
-        for kind, fifo in enumerate(self._fifo):
-            while fifo and fifo[0][0] <= now:
-                _, entry, payload = fifo.popleft()
-                due.append((kind, entry, payload))
-        heap = self._heap
+        deadlines, graces, heap = self._deadlines, self._graces, self._heap
+        while deadlines and deadlines[0].deadline_at <= now:
+            entry = deadlines.popleft()
+            due.append((DEADLINE, entry, entry.timeout))
+        while graces and graces[0].grace_at <= now:
+            entry = graces.popleft()
+            due.append((GRACE, entry, entry.waiter))
         while heap and heap[0][0] <= now:
             _, _, kind, entry, payload = heapq.heappop(heap)
             due.append((kind, entry, payload))
+        self._items -= len(due)
         for kind, entry, payload in due:
             entry.timer_items -= 1
             if entry.closed:
                 self._stale = max(0, self._stale - 1)
             else:
                 self._on_due(entry, kind, payload)
-        when = self._next_when()
+        when = min(
+            deadlines[0].deadline_at if deadlines else math.inf,
+            graces[0].grace_at if graces else math.inf,
+            heap[0][0] if heap else math.inf,
+        )
         if when < math.inf:
             self._arm(max(when, now + _GRANULARITY))

@@ -1,0 +1,73 @@
+"""The shared timers: ordering, out-of-order deadlines, stale items, compaction, one armed handle."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bybit_cancel._core import Pending
+from bybit_cancel._timers import DEADLINE, GRACE, Timers
+
+
+def entry(name: str) -> Pending[Any]:
+    return Pending(None, "linear", "BTCUSDT", name, "")
+
+
+async def test_items_fire_in_time_order_on_one_handle() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[str, int, Any]] = []
+    done = asyncio.Event()
+
+    def on_due(e: Pending[Any], kind: int, payload: Any) -> None:
+        fired.append((e.order_id, kind, payload))
+        if len(fired) == 4:
+            done.set()
+
+    timers = Timers(loop, on_due)
+    now = loop.time()
+    a, b, c = entry("a"), entry("b"), entry("c")
+    timers.add_deadline(a, now + 0.05, 0.05)
+    timers.add_deadline(b, now + 0.02, 0.02)  # out of FIFO order: goes to the heap
+    timers.add_grace(c, now + 0.01)
+    timers.add(now + 0.03, GRACE, a, "payload")
+    assert len(timers) == 4
+    await asyncio.wait_for(done.wait(), 2)
+    assert [f[0] for f in fired] == ["c", "b", "a", "a"]
+    assert fired[1] == ("b", DEADLINE, 0.02)
+    assert fired[2] == ("a", GRACE, "payload")
+    assert len(timers) == 0 and a.timer_items == b.timer_items == c.timer_items == 0
+    # never more than one loop timer for all of them
+    assert sum(1 for h in loop._scheduled if not h.cancelled()) <= 1  # type: ignore[attr-defined]
+
+
+async def test_closed_entries_do_not_fire() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    timers = Timers(loop, lambda e, k, p: fired.append(e.order_id))
+    now = loop.time()
+    a, b = entry("a"), entry("b")
+    timers.add_deadline(a, now + 0.01, 0.01)
+    timers.add_deadline(b, now + 0.02, 0.02)
+    a.closed = True
+    timers.release(a)
+    flag = asyncio.Event()
+    loop.call_at(now + 0.05, flag.set)
+    await asyncio.wait_for(flag.wait(), 2)
+    assert fired == ["b"]
+
+
+async def test_compaction_keeps_memory_proportional_to_live_calls() -> None:
+    loop = asyncio.get_running_loop()
+    timers = Timers(loop, lambda e, k, p: None)
+    now = loop.time()
+    live = entry("live")
+    timers.add_deadline(live, now + 100, 100)
+    for i in range(5000):
+        e = entry(str(i))
+        timers.add_deadline(e, now + 100, 100)
+        timers.add_grace(e, now + 50)
+        e.closed = True
+        timers.release(e)
+    assert len(timers) < 3000  # compacted along the way, not 10,001 items
+    timers.close()
+    assert len(timers) == 0
