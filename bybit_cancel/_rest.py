@@ -309,7 +309,7 @@ class RestClient:
                 await asyncio.sleep(wait)
                 wait = self.limiter.reserve(key)
             try:
-                status, headers, body = await self._once(method, path, params)
+                status, headers, body = await self._send(method, path, params)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Describe, never repr: aiohttp's reprs carry the request headers (signature).
                 why = f"{method} {path} failed: {_describe(exc)}"
@@ -372,24 +372,50 @@ class RestClient:
         log.log(level, "retrying %s in %.3fs (failure %d)", why, delay, failures)
         await asyncio.sleep(delay)
 
-    async def _once(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any, bytes]:
+    async def _send(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any, bytes]:
+        """One request: wait for a connection slot, sign (only now: §1 timestamp window), send."""
         slots = self._slots
-        if not slots:
-            return await self._send(method, path, params)
-        if self._inflight < slots and not self._slot_waiters:
-            self._inflight += 1  # the common case: a free slot, no await, no allocation
-        else:
-            await self._wait_for_slot()
+        if slots:
+            if self._inflight < slots and not self._slot_waiters:
+                self._inflight += 1  # the common case: a free slot, no await, no allocation
+            else:
+                await self._wait_for_slot()
         try:
-            return await self._send(method, path, params)
+            self.stats.requests += 1
+            if method == "GET":
+                # Bybit signs the query string exactly as sent (§1). Values here are symbols, ids
+                # and enum words ([A-Za-z0-9_.-], validated), so no percent-encoding is involved;
+                # yarl is told the URL is already encoded so it sends these bytes unchanged.
+                query = "&".join(f"{k}={v}" for k, v in params.items())
+                payload = query.encode()
+                headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
+                url = URL(f"{self._base}{path}?{query}", encoded=True)
+                # Never follow a redirect: it would re-send the signed headers to another host.
+                ctx = self._session.get(
+                    url, headers=headers, timeout=self._timeout, allow_redirects=False
+                )
+            else:
+                payload = encoder.encode(params)
+                headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
+                headers["Content-Type"] = "application/json"
+                ctx = self._session.post(
+                    self._base + path,
+                    data=payload,
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                )
+            async with ctx as resp:
+                return resp.status, resp.headers, await resp.read()
         finally:
-            self._inflight -= 1
-            waiters = self._slot_waiters
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    break
+            if slots:
+                self._inflight -= 1
+                waiters = self._slot_waiters
+                while waiters:
+                    waiter = waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_result(None)
+                        break
 
     async def _wait_for_slot(self) -> None:
         loop = asyncio.get_running_loop()
@@ -410,34 +436,6 @@ class RestClient:
                     waiters.remove(waiter)
                 raise
         self._inflight += 1
-
-    async def _send(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any, bytes]:
-        self.stats.requests += 1
-        if method == "GET":
-            # Bybit signs the query string exactly as sent (§1). Values here are symbols, ids and
-            # enum words ([A-Za-z0-9_-]), so no percent-encoding is involved; yarl is told the URL
-            # is already encoded so it sends these bytes unchanged.
-            query = "&".join(f"{k}={v}" for k, v in params.items())
-            payload = query.encode()
-            headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
-            url = URL(f"{self._base}{path}?{query}", encoded=True)
-            # Never follow a redirect: it would re-send the signed headers to another host.
-            ctx = self._session.get(
-                url, headers=headers, timeout=self._timeout, allow_redirects=False
-            )
-        else:
-            payload = encoder.encode(params)
-            headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
-            headers["Content-Type"] = "application/json"
-            ctx = self._session.post(
-                self._base + path,
-                data=payload,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            )
-        async with ctx as resp:
-            return resp.status, resp.headers, await resp.read()
 
 
 def _describe(exc: BaseException) -> str:

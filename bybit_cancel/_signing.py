@@ -12,7 +12,7 @@ __all__ = ["Credentials", "rest_headers", "ws_auth_args"]
 class Credentials:
     """An API key and its secret. The secret never appears in ``repr``/``str``."""
 
-    __slots__ = ("_secret", "api_key")
+    __slots__ = ("_keyed", "api_key")
 
     def __init__(self, api_key: str, api_secret: str) -> None:
         if not isinstance(api_key, str) or not api_key:
@@ -20,11 +20,14 @@ class Credentials:
         if not isinstance(api_secret, str) or not api_secret:
             raise ValueError("api_secret must be a non-empty string")
         self.api_key = api_key
-        self._secret = api_secret.encode()
+        # Keyed once; each signature copies the keyed state instead of re-deriving the pads.
+        self._keyed = hmac.new(api_secret.encode(), digestmod=hashlib.sha256)
 
     def sign(self, payload: bytes) -> str:
         """Lowercase hex HMAC-SHA256 of ``payload`` (the form Bybit checks for HMAC keys)."""
-        return hmac.new(self._secret, payload, hashlib.sha256).hexdigest()
+        h = self._keyed.copy()
+        h.update(payload)
+        return h.hexdigest()
 
     def __repr__(self) -> str:
         return f"Credentials(api_key={redact_key(self.api_key)!r}, api_secret='***')"
