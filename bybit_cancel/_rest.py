@@ -409,33 +409,30 @@ class RestClient:
                 return resp.status, resp.headers, await resp.read()
         finally:
             if slots:
-                self._inflight -= 1
-                waiters = self._slot_waiters
-                while waiters:
-                    waiter = waiters.popleft()
-                    if not waiter.done():
-                        waiter.set_result(None)
-                        break
+                self._release_slot()
+
+    def _release_slot(self) -> None:
+        # Hand the slot straight to the longest waiter (FIFO, so nobody starves in a burst).
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._inflight -= 1
 
     async def _wait_for_slot(self) -> None:
-        loop = asyncio.get_running_loop()
-        waiters = self._slot_waiters
-        while self._inflight >= self._slots:
-            waiter = loop.create_future()
-            waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    # Woken, then cancelled before taking the slot: pass the turn on.
-                    for other in waiters:
-                        if not other.done():
-                            other.set_result(None)
-                            break
-                elif waiter in waiters:
-                    waiters.remove(waiter)
-                raise
-        self._inflight += 1
+        """Queue for a connection slot; :meth:`_release_slot` hands it over (FIFO)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot, then cancelled before using it
+            elif waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
+            raise
 
 
 def _describe(exc: BaseException) -> str:

@@ -236,3 +236,45 @@ async def test_lookup_falls_back_to_history(rest: RestClient, mock: aioresponses
         category="linear", symbol="BTCUSDT", order_id="o1", order_link_id="", order_filter=None
     )
     assert order is not None and order.order_status == "Cancelled" and order.category == "linear"
+
+
+async def test_connection_slots_are_handed_over_in_order() -> None:
+    """The signing gate hands a freed slot to the longest waiter; a waiter cancelled after being
+    handed a slot gives it back; nobody is starved by newcomers."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        rest = RestClient(
+            session,
+            BASE,
+            Credentials("k", "s"),
+            recv_window=5000,
+            clock=Clock(),
+            http_timeout=1.0,
+            max_retries=0,
+            rng=random.Random(1),
+        )
+        assert rest._slots == 1
+        rest._inflight = 1  # the one slot is taken
+        got: list[str] = []
+
+        async def wait(name: str) -> None:
+            await rest._wait_for_slot()
+            got.append(name)
+
+        a = asyncio.create_task(wait("a"))
+        b = asyncio.create_task(wait("b"))
+        c = asyncio.create_task(wait("c"))
+        await asyncio.sleep(0)
+        b.cancel()
+        await asyncio.sleep(0)
+        rest._release_slot()  # -> a
+        await asyncio.sleep(0)
+        assert got == ["a"] and rest._inflight == 1
+        rest._release_slot()  # -> c (b was cancelled while queued)
+        await asyncio.sleep(0)
+        assert got == ["a", "c"] and rest._inflight == 1
+        d = asyncio.create_task(wait("d"))
+        await asyncio.sleep(0)
+        rest._release_slot()  # handed to d ...
+        d.cancel()  # ... which is cancelled before it runs: the slot comes back
+        await asyncio.gather(a, b, c, d, return_exceptions=True)
+        assert got == ["a", "c"] and rest._inflight == 0
