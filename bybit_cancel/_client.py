@@ -40,7 +40,7 @@ from ._exceptions import (
     OrderNotFound,
     TransportError,
 )
-from ._models import CancelResult, WireOrder
+from ._models import CancelAck, CancelResult, WireOrder
 from ._rest import Clock, RestClient, RestStats
 from ._signing import Credentials, redact_key
 from ._stream import ConnectionState, PrivateStream
@@ -60,6 +60,7 @@ _SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,63}")
 _ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Waiter = asyncio.Future[None]
+_NO_ACK = CancelAck()
 
 
 class _State(enum.Enum):
@@ -399,7 +400,7 @@ class BybitCancelClient:
             # The fast path, in this one frame: send, note the ack, park until the push.
             entry.owner = asyncio.current_task()
             try:
-                ack = await rest.cancel(body)
+                ack = (await rest.cancel(body)).result or _NO_ACK
             except Exception as exc:
                 entry.owner = None
                 return await self._after_send_error(entry, exc, order_filter)

@@ -21,6 +21,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -34,7 +35,7 @@ from ._exceptions import (
     error_from_ret_code,
 )
 from ._models import (
-    CancelAck,
+    AckEnvelope,
     OrderList,
     WireOrder,
     ack_envelope_decoder,
@@ -208,12 +209,11 @@ class RestClient:
 
     # -- endpoints -----------------------------------------------------------------------------
 
-    async def cancel(self, body: dict[str, str]) -> CancelAck:
-        """``POST /v5/order/cancel``. Returns the acknowledgement; raises a typed error otherwise."""
-        env = await self._call(
-            "POST", "/v5/order/cancel", body, body["category"], ack_envelope_decoder
-        )
-        return env.result or CancelAck()
+    def cancel(self, body: dict[str, str]) -> Coroutine[Any, Any, AckEnvelope]:
+        """``POST /v5/order/cancel``: awaits to the answer (``.result`` is the acknowledgement);
+        raises a typed error otherwise. (A plain function returning the request's coroutine: one
+        frame less on the hot path.)"""
+        return self._call("POST", "/v5/order/cancel", body, body["category"], ack_envelope_decoder)
 
     async def find_order(
         self,

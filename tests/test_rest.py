@@ -79,8 +79,13 @@ async def test_5xx_then_ok(rest: RestClient, mock: aioresponses) -> None:
     mock.post(CANCEL, status=502, body="<html>bad gateway</html>")
     mock.post(CANCEL, status=503, body="")
     mock.post(CANCEL, payload=OK)
-    ack = await rest.cancel(BODY)
-    assert ack.order_id == "o1" and rest.stats.retries == 2 and rest.stats.requests == 3
+    ack = (await rest.cancel(BODY)).result
+    assert (
+        ack is not None
+        and ack.order_id == "o1"
+        and rest.stats.retries == 2
+        and rest.stats.requests == 3
+    )
 
 
 async def test_5xx_past_retries(rest: RestClient, mock: aioresponses) -> None:
@@ -147,8 +152,8 @@ async def test_10006_waits_are_bounded_by_the_deadline_not_a_count(
     for _ in range(8):  # more than max_retries (3)
         mock.post(CANCEL, payload=env(10006, "Too many visits!"))
     mock.post(CANCEL, payload=OK)
-    ack = await rest.cancel(BODY)
-    assert ack.order_id == "o1" and rest.stats.requests == 9
+    ack = (await rest.cancel(BODY)).result
+    assert ack is not None and ack.order_id == "o1" and rest.stats.requests == 9
     mock.post(CANCEL, payload=env(10006, "Too many visits!"), repeat=True)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.5):
