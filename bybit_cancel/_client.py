@@ -421,6 +421,12 @@ class BybitCancelClient:
                 if not waiter.done():
                     timers.add_grace(entry, loop.time() + self._push_grace)
                     await waiter
+                    final = entry.final
+                    if final is not None and entry.error is None:
+                        try:
+                            return final.result()  # the common end: the push confirmed it
+                        except (ArithmeticError, ValueError):
+                            pass  # malformed: _outcome() below raises the proper error
             outcome = self._outcome(entry)
             if outcome is not None:
                 return outcome

@@ -205,6 +205,7 @@ class CancelTracker(Generic[W]):
         self._recent_link: dict[tuple[str, str], str] = {}
         self._recent_size = recent_size
         self._recent_age = recent_age
+        self._inserts = 0
         self.malformed = 0
 
     # -- registration --------------------------------------------------------------------------
@@ -303,7 +304,8 @@ class CancelTracker(Generic[W]):
                     self._note_open((head,), order)
                     continue
                 head.final = final
-                self.forget(head)
+                del by_id[order.order_id]  # forget(head), inlined: it is the only entry
+                self._count -= 1
                 resolved.append(head)
                 continue
             matched = self._matching(order)
@@ -392,7 +394,9 @@ class CancelTracker(Generic[W]):
         recent[order.order_id] = final
         if order.order_link_id:
             self._recent_link[(order.category, order.order_link_id)] = order.order_id
-        self._evict(now)
+        self._inserts += 1
+        if len(recent) > self._recent_size or not self._inserts & 127:
+            self._evict(now)  # by size at once; by age every 128 inserts (and in start())
         return final
 
     def _evict(self, now: float) -> None:
