@@ -8,6 +8,7 @@ import asyncio
 import random
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -34,6 +35,22 @@ async def _raw_server(handler: Any) -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
+async def _one_cancel(base_url: str, key: str) -> None:
+    """One REST cancel, no retries, through a fresh session."""
+    async with aiohttp.ClientSession() as session:
+        rest = RestClient(
+            session,
+            base_url,
+            Credentials(key, SECRET),
+            recv_window=5000,
+            clock=Clock(),
+            http_timeout=1.0,
+            max_retries=0,
+            rng=random.Random(1),
+        )
+        await rest.cancel({"category": "linear", "symbol": "BTCUSDT", "orderId": "x"})
+
+
 async def test_transport_error_text_holds_no_signature() -> None:
     """A malformed HTTP answer: the error names the failure, not the request headers."""
     seen: list[bytes] = []
@@ -46,21 +63,8 @@ async def test_transport_error_text_holds_no_signature() -> None:
 
     server, port = await _raw_server(bad)
     async with server:
-        import aiohttp
-
-        async with aiohttp.ClientSession() as session:
-            rest = RestClient(
-                session,
-                f"http://127.0.0.1:{port}",
-                Credentials("KEYKEYKEY", SECRET),
-                recv_window=5000,
-                clock=Clock(),
-                http_timeout=1.0,
-                max_retries=0,
-                rng=random.Random(1),
-            )
-            with pytest.raises(TransportError) as info:
-                await rest.cancel({"category": "linear", "symbol": "BTCUSDT", "orderId": "x"})
+        with pytest.raises(TransportError) as info:
+            await _one_cancel(f"http://127.0.0.1:{port}", "KEYKEYKEY")
     sign = [line for line in seen[0].split(b"\r\n") if line.lower().startswith(b"x-bapi-sign:")]
     signature = sign[0].split(b":", 1)[1].strip().decode()
     text = str(info.value) + repr(info.value)
@@ -85,21 +89,8 @@ async def test_redirects_are_not_followed() -> None:
     await site.start()
     port = runner.addresses[0][1]
     try:
-        import aiohttp
-
-        async with aiohttp.ClientSession() as session:
-            rest = RestClient(
-                session,
-                f"http://127.0.0.1:{port}",
-                Credentials("k", SECRET),
-                recv_window=5000,
-                clock=Clock(),
-                http_timeout=1.0,
-                max_retries=0,
-                rng=random.Random(1),
-            )
-            with pytest.raises(HTTPStatusError) as info:
-                await rest.cancel({"category": "linear", "symbol": "BTCUSDT", "orderId": "x"})
+        with pytest.raises(HTTPStatusError) as info:
+            await _one_cancel(f"http://127.0.0.1:{port}", "k")
     finally:
         await runner.cleanup()
     assert info.value.status == 302 and hits == ["/v5/order/cancel"]

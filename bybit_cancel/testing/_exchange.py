@@ -1054,7 +1054,13 @@ class FakeExchange:
             items = [i for i in items if i["symbol"] == symbol]
         return self._json({"category": category, "list": items, "nextPageCursor": ""})
 
-    async def _h_create(self, request: web.Request) -> web.StreamResponse:
+    async def _signed_post(
+        self, request: web.Request, endpoint: str
+    ) -> tuple[dict[str, Any], str, dict[str, str]] | web.StreamResponse:
+        """The common start of a private POST: signature, JSON body, rate limit, category.
+
+        Returns ``(params, category, rate-limit headers)`` or the error answer to send.
+        """
         raw = await request.read()
         try:
             self._authenticate(request, raw)
@@ -1064,12 +1070,18 @@ class FakeExchange:
         if p is None:
             return self._err(10001, "params error: invalid request body")
         category = p.get("category")
-        ok, rl = self._rate("/v5/order/create", category if isinstance(category, str) else "")
+        ok, rl = self._rate(endpoint, category if isinstance(category, str) else "")
         if not ok:
             return self._err(10006, "Too many visits!", rl)
-        if category not in CATEGORIES:
+        if not isinstance(category, str) or category not in CATEGORIES:
             return self._err(10001, "params error: Illegal category", rl)
-        assert isinstance(category, str)
+        return p, category, rl
+
+    async def _h_create(self, request: web.Request) -> web.StreamResponse:
+        pre = await self._signed_post(request, "/v5/order/create")
+        if isinstance(pre, web.StreamResponse):
+            return pre
+        p, category, rl = pre
         try:
             symbol = self._opt_str(p, "symbol")
             side = self._opt_str(p, "side")
@@ -1151,21 +1163,10 @@ class FakeExchange:
         self._emit([self._ws_order(order)])
 
     async def _h_cancel(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            self._authenticate(request, raw)
-        except _AuthError as e:
-            return e.response
-        p = self._parse_body(raw)
-        if p is None:
-            return self._err(10001, "params error: invalid request body")
-        category = p.get("category")
-        ok, rl = self._rate("/v5/order/cancel", category if isinstance(category, str) else "")
-        if not ok:
-            return self._err(10006, "Too many visits!", rl)
-        if category not in CATEGORIES:
-            return self._err(10001, "params error: Illegal category", rl)
-        assert isinstance(category, str)
+        pre = await self._signed_post(request, "/v5/order/cancel")
+        if isinstance(pre, web.StreamResponse):
+            return pre
+        p, category, rl = pre
         try:
             symbol = self._opt_str(p, "symbol")
             req_oid = self._opt_str(p, "orderId")
