@@ -285,10 +285,13 @@ class BybitCancelClient:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
-        self._fail_pending(
-            ClientClosedError("the client was closed before the cancel was confirmed")
-        )
+        closed = ClientClosedError("the client was closed before the cancel was confirmed")
+        self._fail_pending(closed)
         if self._timers is not None:
+            # Every call in flight has a deadline queued, including those already resolved but
+            # still inside a REST call: none may outlive the client.
+            for entry in self._timers.open_entries():
+                self._interrupt(entry, closed)
             self._timers.close()
         if self._stream is not None:
             await self._stream.close()  # first: a reconnect cannot start a reconcile after this
@@ -434,12 +437,17 @@ class BybitCancelClient:
             return await self._await_final(entry, order_filter)
         except asyncio.CancelledError:
             # The deadline and aclose() interrupt a caller that is inside a REST call; turn our
-            # own cancellation into the promised error, and let any other cancellation through.
+            # own cancellation into the outcome (the final state if one arrived meanwhile, else
+            # the promised error), and let any other cancellation through.
             task = asyncio.current_task()
-            if entry.interrupted and entry.error is not None and task is not None:
+            if entry.interrupted and task is not None:
                 entry.interrupted = False
                 if task.uncancel() == 0:
-                    raise _fresh(entry.error) from None
+                    if entry.error is not None:
+                        raise _fresh(entry.error) from None
+                    outcome = self._outcome(entry)
+                    if outcome is not None:
+                        return outcome
             raise
         finally:
             entry.closed = True
@@ -498,8 +506,11 @@ class BybitCancelClient:
         while True:
             try:
                 await self._lookup(entry, order_filter)
-            except BybitError as exc:
-                if not _transient(exc):
+            except Exception as exc:
+                outcome = self._outcome(entry)
+                if outcome is not None:
+                    return outcome  # the answer came anyway (a push during the lookup)
+                if not (isinstance(exc, BybitError) and _transient(exc)):
                     raise
                 log.debug("order lookup failed, will ask again: %s", exc)
             outcome = self._outcome(entry)
@@ -622,8 +633,13 @@ class BybitCancelClient:
             if entry.waiter is payload and not payload.done():
                 payload.set_result(None)
             return
-        # DEADLINE. An outcome that arrived first wins: the truth beats the clock.
-        if entry.final is not None or entry.error is not None:
+        # DEADLINE. An outcome that arrived first wins: the truth beats the clock. But a caller
+        # still inside a REST call (a push beat the ack while the request is being retried) must
+        # not wait for that call: interrupt it, and it returns the final state it already has.
+        if entry.error is not None:
+            return
+        if entry.final is not None:
+            self._interrupt_owner(entry)
             return
         self._tracker.forget(entry)
         error = ConfirmationTimeout(
@@ -635,17 +651,23 @@ class BybitCancelClient:
         )
         self._interrupt(entry, error)
 
-    @staticmethod
-    def _interrupt(entry: Pending[Waiter], error: BaseException) -> None:
-        """Fail one pending call with ``error`` and make its caller notice now."""
-        entry.error = error
+    @classmethod
+    def _interrupt(cls, entry: Pending[Waiter], error: BaseException) -> None:
+        """Fail one pending call with ``error`` (unless it has its final state) and make its
+        caller notice now."""
+        if entry.final is None and entry.error is None:
+            entry.error = error
         waiter = entry.waiter
         if not waiter.done():
             waiter.set_result(None)  # a parked caller wakes and raises it
+        cls._interrupt_owner(entry)
+
+    @staticmethod
+    def _interrupt_owner(entry: Pending[Waiter]) -> None:
         owner = entry.owner
-        if isinstance(owner, asyncio.Task) and not owner.done():
+        if isinstance(owner, asyncio.Task) and not owner.done() and not entry.interrupted:
             # The caller is inside a REST call (perhaps sleeping in a backoff): interrupt it;
-            # cancel_order turns this cancellation (and only this one) into `error`.
+            # cancel_order turns this cancellation (and only this one) into the outcome.
             entry.interrupted = True
             owner.cancel()
 
@@ -658,7 +680,7 @@ class BybitCancelClient:
 
         async def worker() -> None:
             for entry in queue:
-                if entry.result is not None or entry.error is not None:
+                if entry.final is not None or entry.error is not None:
                     continue
                 try:
                     # Bounded: the entry's own caller keeps its own deadline and fallback.

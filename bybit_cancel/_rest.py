@@ -11,7 +11,7 @@ Every retry decision for REST lives in :meth:`RestClient._call` (README "Failure
   to every later timestamp, retry once;
 * HTTP 403 (IP ban, §7), other HTTP errors, auth errors and other retCodes: raised at once.
 
-The caller bounds the whole loop with its own deadline (``asyncio.timeout``).
+The caller bounds the whole loop with its own deadline (the client's shared timers interrupt it).
 """
 
 from __future__ import annotations
@@ -251,14 +251,23 @@ class RestClient:
 
     async def server_time_ms(self) -> int:
         """Bybit's clock, from the public ``/v5/market/time`` (no signature)."""
+        # Through the connection gate like every request (the timeout counts pool waits).
+        if self._slots:
+            if self._inflight < self._slots and not self._slot_waiters:
+                self._inflight += 1
+            else:
+                await self._wait_for_slot()
         try:
             async with self._session.get(
-                self._base + "/v5/market/time", timeout=self._timeout
+                self._base + "/v5/market/time", timeout=self._timeout, allow_redirects=False
             ) as resp:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"GET /v5/market/time failed: {_describe(exc)}") from None
+        finally:
+            if self._slots:
+                self._release_slot()
         if status != 200:
             raise HTTPStatusError(status, _snippet(body))
         env = envelope_decoder.decode(body)

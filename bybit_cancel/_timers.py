@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ._core import Pending
+
+log = logging.getLogger("bybit_cancel")
 
 __all__ = ["DEADLINE", "GRACE", "Timers"]
 
@@ -103,6 +106,17 @@ class Timers:
         if self._stale > _COMPACT_MIN and self._stale * 2 > self._items:
             self._compact()
 
+    def open_entries(self) -> list[Pending[Any]]:
+        """The entries of calls still in flight (each has its deadline queued until it ends)."""
+        seen: dict[int, Pending[Any]] = {}
+        for entry in self._deadlines:
+            if not entry.closed:
+                seen[id(entry)] = entry
+        for item in self._heap:
+            if item[2] == DEADLINE and not item[3].closed:
+                seen[id(item[3])] = item[3]
+        return list(seen.values())
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
@@ -159,7 +173,10 @@ class Timers:
             if entry.closed:
                 self._stale = max(0, self._stale - 1)
             else:
-                self._on_due(entry, kind, payload)
+                try:
+                    self._on_due(entry, kind, payload)
+                except Exception:  # a bug; the other due items and the re-arm must still run
+                    log.exception("timer callback failed")
         when = min(
             deadlines[0].deadline_at if deadlines else math.inf,
             graces[0].grace_at if graces else math.inf,

@@ -9,6 +9,7 @@ import logging
 import random
 from collections import Counter
 
+import aiohttp
 import pytest
 
 from bybit_cancel import (
@@ -454,3 +455,40 @@ async def test_stream_crash_fails_pending_loudly(
         assert client.connection_state is ConnectionState.FAILED
         assert client.pending_count == 0
     assert client_tasks() == []
+
+
+async def test_deadline_interrupts_a_resolved_call_still_in_rest(fx: FakeExchange) -> None:
+    """The push confirms the cancel while the REST answer hangs: at the deadline the call returns
+    the confirmed state instead of waiting for (and retrying) the HTTP request."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.REST_TIMEOUT, order_id=o.order_id, delay=20.0)
+    async with fast_client(fx, http_timeout=10.0) as client:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        r = await client.cancel_order(
+            category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=0.5
+        )
+        assert loop.time() - t0 < 2.0
+    assert r.status is OrderStatus.CANCELLED and r.source == "websocket"
+
+
+async def test_aclose_interrupts_a_resolved_call_still_in_rest(fx: FakeExchange) -> None:
+    """aclose() leaves no caller behind, even one whose push arrived while its REST call hangs
+    on a caller-owned session (which aclose() does not close)."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.REST_TIMEOUT, order_id=o.order_id, delay=20.0)
+    async with aiohttp.ClientSession() as session:
+        client = fast_client(fx, http_timeout=10.0, session=session)
+        await client.__aenter__()
+        task = asyncio.create_task(
+            client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=30
+            )
+        )
+        await wait_until(
+            lambda: fx.order(o.order_id).status == "Cancelled" and client.pending_count == 0
+        )
+        await asyncio.wait_for(client.aclose(), 3)
+        r = await asyncio.wait_for(task, 2)
+        assert r.status is OrderStatus.CANCELLED
+        assert client_tasks() == []
