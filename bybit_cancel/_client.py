@@ -376,34 +376,15 @@ class BybitCancelClient:
             order_filter=order_filter,
             timeout=timeout,
         )
-        if self._state is not _State.OPEN:
-            raise RuntimeError("the client is not open: use `async with BybitCancelClient(...)`")
-        if self._failure is not None:
-            raise _fresh(self._failure)
-        loop = self._loop
-        rest = self._rest
-        timers = self._timers
-        assert loop is not None and rest is not None and timers is not None
-        tracker = self._tracker
-        waiter: Waiter = loop.create_future()
-        started = tracker.start(
-            waiter,
-            category=category,
-            symbol=symbol,
-            order_id=order_id,
-            order_link_id=None if order_id else order_link_id,
-            now=time.monotonic(),
-        )
-        if isinstance(started, CancelResult):
-            return started
-        entry = started
-        # The whole call is bounded by one shared timer (see _timers.py), not asyncio.timeout.
-        timers.add_deadline(entry, loop.time() + timeout, timeout)
+        entry = self._begin(category, symbol, order_id, order_link_id, timeout)
+        if isinstance(entry, CancelResult):
+            return entry  # the order had already ended: no request
+        # This frame stays alive while the call is parked: it keeps few locals on purpose.
         try:
             # The fast path, in this one frame: send, note the ack, park until the push.
             entry.owner = asyncio.current_task()
             try:
-                ack = (await rest.cancel(body)).result or _NO_ACK
+                ack = (await self._http.cancel(body)).result or _NO_ACK
             except Exception as exc:
                 entry.owner = None
                 return await self._after_send_error(entry, exc, order_filter)
@@ -412,22 +393,21 @@ class BybitCancelClient:
                 on_ack(ack.order_id, ack.order_link_id)
                 on_ack = None  # not kept alive while parked
             if entry.final is None and entry.error is None:
-                known = tracker.acknowledge(
+                outcome = self._tracker.acknowledge(
                     entry,
                     order_id=ack.order_id,
                     order_link_id=ack.order_link_id,
                     now=time.monotonic(),
                 )
-                if known is not None:
-                    return known
+                if outcome is not None:
+                    return outcome
                 del ack, body  # nothing of the request stays alive while parked
-                if not waiter.done():
-                    timers.add_grace(entry, loop.time() + self._push_grace)
-                    await waiter
-                    final = entry.final
-                    if final is not None and entry.error is None:
+                if not entry.waiter.done():
+                    self._park_first(entry)
+                    await entry.waiter
+                    if entry.final is not None and entry.error is None:
                         try:
-                            return final.result()  # the common end: the push confirmed it
+                            return entry.final.result()  # the common end: the push confirmed it
                         except (ArithmeticError, ValueError):
                             pass  # malformed: _outcome() below raises the proper error
             outcome = self._outcome(entry)
@@ -436,26 +416,76 @@ class BybitCancelClient:
             # No push within the grace: lost push or dead stream.
             return await self._await_final(entry, order_filter)
         except asyncio.CancelledError:
-            # The deadline and aclose() interrupt a caller that is inside a REST call; turn our
-            # own cancellation into the outcome (the final state if one arrived meanwhile, else
-            # the promised error), and let any other cancellation through.
-            task = asyncio.current_task()
-            if entry.interrupted and task is not None:
-                entry.interrupted = False
-                if task.uncancel() == 0:
-                    if entry.error is not None:
-                        raise _fresh(entry.error) from None
-                    outcome = self._outcome(entry)
-                    if outcome is not None:
-                        return outcome
-            raise
+            outcome = self._after_interrupt(entry)
+            if outcome is None:
+                raise
+            return outcome
         finally:
-            entry.closed = True
-            if entry.final is None and entry.error is None:
-                tracker.forget(entry)  # (a resolved or failed entry is already out)
-            if not entry.waiter.done():
-                entry.waiter.cancel()
+            self._end(entry)
+
+    def _begin(
+        self,
+        category: str,
+        symbol: str,
+        order_id: str | None,
+        order_link_id: str | None,
+        timeout: float,
+    ) -> Pending[Waiter] | CancelResult:
+        """Register a cancel before its request is sent, and arm its deadline."""
+        if self._state is not _State.OPEN:
+            raise RuntimeError("the client is not open: use `async with BybitCancelClient(...)`")
+        if self._failure is not None:
+            raise _fresh(self._failure)
+        loop = self._loop
+        timers = self._timers
+        assert loop is not None and timers is not None
+        entry = self._tracker.start(
+            loop.create_future(),
+            category=category,
+            symbol=symbol,
+            order_id=order_id,
+            order_link_id=None if order_id else order_link_id,
+            now=time.monotonic(),
+        )
+        if not isinstance(entry, CancelResult):
+            # The whole call is bounded by one shared timer (see _timers.py), not asyncio.timeout.
+            timers.add_deadline(entry, loop.time() + timeout, timeout)
+        return entry
+
+    def _park_first(self, entry: Pending[Waiter]) -> None:
+        timers, loop = self._timers, self._loop
+        assert timers is not None and loop is not None
+        timers.add_grace(entry, loop.time() + self._push_grace)
+
+    def _after_interrupt(self, entry: Pending[Waiter]) -> CancelResult | None:
+        """The caller was cancelled. If we did it (the deadline, or aclose()), take that
+        cancellation back and return the outcome (the final state if one arrived meanwhile, else
+        raise the promised error); otherwise return None and let the cancellation through."""
+        task = asyncio.current_task()
+        if not entry.interrupted or task is None:
+            return None
+        entry.interrupted = False
+        if task.uncancel() != 0:
+            return None  # cancelled by someone else too
+        if entry.error is not None:
+            raise _fresh(entry.error) from None
+        return self._outcome(entry)
+
+    def _end(self, entry: Pending[Waiter]) -> None:
+        entry.closed = True
+        if entry.final is None and entry.error is None:
+            self._tracker.forget(entry)  # (a resolved or failed entry is already out)
+        if not entry.waiter.done():
+            entry.waiter.cancel()
+        timers = self._timers
+        if timers is not None:
             timers.release(entry)
+
+    @property
+    def _http(self) -> RestClient:
+        rest = self._rest
+        assert rest is not None
+        return rest
 
     async def _after_send_error(
         self, entry: Pending[Waiter], exc: Exception, order_filter: str | None

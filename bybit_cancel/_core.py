@@ -41,7 +41,6 @@ class Pending(Generic[W]):
     """One pending cancel. Created by :meth:`CancelTracker.start`; opaque to callers but readable."""
 
     __slots__ = (
-        "_result",
         "acknowledged",
         "category",
         "closed",
@@ -73,10 +72,9 @@ class Pending(Generic[W]):
         self.acknowledged = False
         # The outcome lives on the entry, so a wake-up that races another cannot lose it: the
         # waiter is only a signal for the I/O layer. `final` is set when an update resolves the
-        # entry; the public result is built from it on first use, by the woken caller, so that
-        # routing a push stays cheap.
+        # entry; the public result is built from it by the woken caller, so that routing a push
+        # stays cheap.
         self.final: _Final | None = None
-        self._result: CancelResult | None = None
         self.error: BaseException | None = None
         # Set by the I/O layer once the caller has returned (timers may still hold the entry).
         self.closed = False
@@ -101,14 +99,8 @@ class Pending(Generic[W]):
 
         Raises ``ValueError``/``ArithmeticError`` if Bybit sent a quantity that is not a number.
         """
-        result = self._result
-        if result is None and self.final is not None:
-            result = self._result = self.final.result()
-        return result
-
-    @result.setter
-    def result(self, value: CancelResult | None) -> None:
-        self._result = value
+        final = self.final
+        return None if final is None else final.result()
 
     def __repr__(self) -> str:
         ident = self.order_id or self.order_link_id
@@ -264,7 +256,7 @@ class CancelTracker(Generic[W]):
         result = self._result(known)
         if result is None:
             return None
-        entry.result = result
+        entry.final = known
         self.forget(entry)
         return result
 
