@@ -34,6 +34,9 @@ from ._models import (
 
 __all__ = ["CancelTracker", "Pending"]
 
+# How far the memory of final states may run over recent_size before a batch eviction.
+_EVICT_SLACK = 256
+
 W = TypeVar("W")
 
 
@@ -180,7 +183,8 @@ class CancelTracker(Generic[W]):
     """Tracks pending cancels and decides what each order update resolves.
 
     Args:
-        recent_size: how many recent final states to remember.
+        recent_size: how many recent final states to remember (trimmed in small batches, so the
+            memory may run over by up to 256 between trims).
         recent_age: how long (seconds) to remember a final state.
     """
 
@@ -387,8 +391,10 @@ class CancelTracker(Generic[W]):
         if order.order_link_id:
             self._recent_link[(order.category, order.order_link_id)] = order.order_id
         self._inserts += 1
-        if len(recent) > self._recent_size or not self._inserts & 127:
-            self._evict(now)  # by size at once; by age every 128 inserts (and in start())
+        if len(recent) > self._recent_size + _EVICT_SLACK or not self._inserts & 127:
+            # In batches: by size when over the bound by a little, by age every 128 inserts (and
+            # in start()), so a full memory does not pay an eviction on every insert.
+            self._evict(now)
         return final
 
     def _evict(self, now: float) -> None:

@@ -242,15 +242,17 @@ def test_fail_all_returns_every_entry_with_error() -> None:
 
 
 def test_recent_memory_bounded_by_size_and_age() -> None:
-    """The memory of final states holds at most recent_size entries, none older than recent_age."""
+    """The memory of final states is trimmed to recent_size entries (it may run over by a small
+    batch between trims), and holds none older than recent_age."""
     t: CancelTracker[str] = CancelTracker(recent_size=3, recent_age=10.0)
     for i in range(5):
         t.on_orders([order(f"o{i}", link=f"L{i}")], "websocket", float(i))
-    assert t.remembered == 3
+    assert t.remembered <= 3 + 256
     assert isinstance(
         t.start("w", category="linear", symbol="BTCUSDT", order_id="o4", order_link_id=None, now=5),
         CancelResult,
     )
+    assert t.remembered == 3  # start() trimmed it
     # o0 was evicted by size: a cancel for it is pending, not answered from memory
     assert isinstance(
         t.start("w", category="linear", symbol="BTCUSDT", order_id="o0", order_link_id=None, now=5),
@@ -405,3 +407,14 @@ def test_random_sequences_keep_the_books_consistent() -> None:
         for e in list(live.values()):
             t.forget(e)
         assert len(t) == 0 and t.pending() == []
+
+
+def test_memory_of_final_states_stays_bounded_under_a_stream_of_pushes() -> None:
+    """50,000 final pushes for orders nobody waits for: the memory never exceeds the bound by more
+    than one batch."""
+    t: CancelTracker[str] = CancelTracker(recent_size=1000, recent_age=600.0)
+    peak = 0
+    for i in range(50_000):
+        t.on_orders([order(f"x{i}")], "websocket", 1.0)
+        peak = max(peak, t.remembered)
+    assert 1000 <= peak <= 1000 + 256 + 1
