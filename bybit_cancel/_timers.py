@@ -102,6 +102,13 @@ class Timers:
 
     def release(self, entry: Pending[Any]) -> None:
         """The entry's call finished (``entry.closed`` is set): its items are stale."""
+        # The newest call usually finishes first (always, for sequential callers): drop its items
+        # from the tails at once, so finished calls are not kept alive until their deadline.
+        for queue in (self._graces, self._deadlines):
+            if queue and queue[-1] is entry:
+                queue.pop()
+                entry.timer_items -= 1
+                self._items -= 1
         self._stale += entry.timer_items
         if self._stale > _COMPACT_MIN and self._stale * 2 > self._items:
             self._compact()

@@ -71,3 +71,18 @@ async def test_compaction_keeps_memory_proportional_to_live_calls() -> None:
     assert len(timers) < 3000  # compacted along the way, not 10,001 items
     timers.close()
     assert len(timers) == 0
+
+
+async def test_a_finished_newest_call_leaves_nothing_behind() -> None:
+    """Sequential callers: each finished call's items are dropped at once, not kept until due."""
+    loop = asyncio.get_running_loop()
+    timers = Timers(loop, lambda e, k, p: None)
+    now = loop.time()
+    for i in range(100):
+        e = entry(str(i))
+        timers.add_deadline(e, now + 30 + i, 30)
+        timers.add_grace(e, now + 1 + i)
+        e.closed = True
+        timers.release(e)
+        assert len(timers) == 0 and e.timer_items == 0
+    timers.close()
