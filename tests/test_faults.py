@@ -11,6 +11,8 @@ from collections import Counter
 
 import aiohttp
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from bybit_cancel import (
     AuthenticationError,
@@ -25,7 +27,7 @@ from bybit_cancel import (
 )
 from bybit_cancel.testing import FakeExchange, Fault
 
-from .conftest import SECRET, client_tasks, make_client
+from .conftest import KEY, SECRET, client_tasks, make_client
 from .helpers import wait_until
 
 FAST = {
@@ -492,3 +494,18 @@ async def test_aclose_interrupts_a_resolved_call_still_in_rest(fx: FakeExchange)
         r = await asyncio.wait_for(task, 2)
         assert r.status is OrderStatus.CANCELLED
         assert client_tasks() == []
+
+
+async def test_bybit_idle_cut_and_our_heartbeat() -> None:
+    """Bybit cuts a private connection that saw no ping-pong or data for 10 minutes (§3); the
+    fake does so after `idle_timeout`. A silent client is cut; ours, pinging, is not."""
+    async with FakeExchange(api_key=KEY, api_secret=SECRET, idle_timeout=0.3) as fx:
+        async with connect(fx.ws_url) as silent:
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(5):
+                    async for _ in silent:
+                        pass
+        async with make_client(fx, ping_interval=0.1) as client:
+            await asyncio.sleep(1.0)  # several idle periods: the heartbeat keeps it alive
+            assert client.reconnect_count == 0
+            assert client.connection_state is ConnectionState.CONNECTED

@@ -226,6 +226,8 @@ class _Conn:
     order_topics: list[str] = field(default_factory=list)
     writer: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    idle: asyncio.TimerHandle | None = None
+    last_sent: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -251,6 +253,7 @@ class FakeExchange:
         seed: int = 0,
         rate_limits: Mapping[str, int] | None = None,
         realtime_closed_limit: int | None = 500,
+        idle_timeout: float | None = 600.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -258,6 +261,9 @@ class FakeExchange:
         self.recv_window_check = recv_window_check
         self.rate_limits: dict[str, int] = dict(rate_limits or {})
         self.realtime_closed_limit = realtime_closed_limit
+        # protocol §3: "if there is no 'ping-pong' and no stream data sent from server end, the
+        # connection will be cut off after 10 minutes" (checked every 30 s, so inexactly).
+        self.idle_timeout = idle_timeout
         self.clock_offset_ms: int = 0
         self.refuse_auth: bool = False
         self.requests: list[RecordedRequest] = []
@@ -1555,6 +1561,12 @@ class FakeExchange:
             return ws
         self._conns[conn.conn_id] = conn
         conn.writer = self._spawn(self._writer(conn))
+        if self._loop is not None:
+            conn.last_sent = self._loop.time()
+            if self.idle_timeout is not None:
+                conn.idle = self._loop.call_later(
+                    min(30.0, self.idle_timeout / 2), self._check_idle, conn
+                )
         lifetime = self._max_active_time(request.query.get("max_active_time"))
         if lifetime is not None and self._loop is not None:
             # protocol §3: max_active_time (30s..600s) cuts the connection.
@@ -1572,6 +1584,16 @@ class FakeExchange:
             self._drop_conn(conn, abort=False)
             conn.done.set()
         return ws
+
+    def _check_idle(self, conn: _Conn) -> None:
+        loop, limit = self._loop, self.idle_timeout
+        if conn.closed or loop is None or limit is None:
+            return
+        if loop.time() - conn.last_sent >= limit:
+            log.debug("ws %s idle for %.0fs: cut", conn.conn_id, limit)
+            self._drop_conn(conn, abort=True)
+        else:
+            conn.idle = loop.call_later(min(30.0, limit / 2), self._check_idle, conn)
 
     @staticmethod
     def _max_active_time(raw: str | None) -> float | None:
@@ -1601,6 +1623,8 @@ class FakeExchange:
                         self.pushes_sent += 1
                 else:
                     await conn.ws.pong(bytes(payload))
+                if self._loop is not None:
+                    conn.last_sent = self._loop.time()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a dead socket must not kill the writer silently
@@ -1617,6 +1641,8 @@ class FakeExchange:
         self._conns.pop(conn.conn_id, None)
         if conn.timer is not None:
             conn.timer.cancel()
+        if conn.idle is not None:
+            conn.idle.cancel()
         if conn.writer is not None and conn.writer is not asyncio.current_task():
             conn.writer.cancel()
         # Release anyone waiting for a write on this socket.
