@@ -59,3 +59,10 @@ def test_scale() -> None:
     out = run_script("benchmarks/scale.py", "-n", "20", "--burst", "100", "--rounds", "1")
     assert "B/pending" in out and "burst:" in out, out
     assert_verdicts(out, 5)
+
+
+def test_chaos() -> None:
+    """The chaos run must not merely print: with a tiny N every answer must still be right."""
+    out = run_script("benchmarks/chaos.py", "-n", "60", "--rate", "0.5", "--seed", "5")
+    assert "correct final states" in out and "hung" in out, out
+    assert "PASS 100% correct" in out and "PASS 0 hung" in out, out
