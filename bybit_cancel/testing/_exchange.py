@@ -1366,7 +1366,13 @@ class FakeExchange:
         out.sort(key=lambda o: o.created_time, reverse=True)
         return out
 
-    async def _h_realtime(self, request: web.Request) -> web.Response:
+    def _signed_get(
+        self, request: web.Request, endpoint: str
+    ) -> tuple[dict[str, str], str, dict[str, str]] | web.Response:
+        """The common start of a private GET: signature over the raw query, rate limit, category.
+
+        Returns ``(query params, category, rate-limit headers)`` or the error answer to send.
+        """
         query = request.raw_path.partition("?")[2]
         try:
             self._authenticate(request, query.encode())
@@ -1374,11 +1380,18 @@ class FakeExchange:
             return e.response
         q = self._query(request)
         category = q.get("category", "")
-        ok, rl = self._rate("/v5/order/realtime", category)
+        ok, rl = self._rate(endpoint, category)
         if not ok:
             return self._err(10006, "Too many visits!", rl)
         if category not in CATEGORIES:
             return self._err(10001, "params error: Illegal category", rl)
+        return q, category, rl
+
+    async def _h_realtime(self, request: web.Request) -> web.Response:
+        pre = self._signed_get(request, "/v5/order/realtime")
+        if isinstance(pre, web.Response):
+            return pre
+        q, category, rl = pre
         oid = q.get("orderId") or None
         link = q.get("orderLinkId") or None
         if oid or link:
@@ -1408,18 +1421,10 @@ class FakeExchange:
         return self._json(self._list_result(self._filtered(pool, q), q, category, False), rl)
 
     async def _h_history(self, request: web.Request) -> web.Response:
-        query = request.raw_path.partition("?")[2]
-        try:
-            self._authenticate(request, query.encode())
-        except _AuthError as e:
-            return e.response
-        q = self._query(request)
-        category = q.get("category", "")
-        ok, rl = self._rate("/v5/order/history", category)
-        if not ok:
-            return self._err(10006, "Too many visits!", rl)
-        if category not in CATEGORIES:
-            return self._err(10001, "params error: Illegal category", rl)
+        pre = self._signed_get(request, "/v5/order/history")
+        if isinstance(pre, web.Response):
+            return pre
+        q, category, rl = pre
         oid = q.get("orderId") or None
         link = q.get("orderLinkId") or None
         if oid or link:
