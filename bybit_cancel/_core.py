@@ -202,7 +202,6 @@ class CancelTracker(Generic[W]):
         self._recent_size = recent_size
         self._recent_age = recent_age
         self._inserts = 0
-        self.malformed = 0
 
     # -- registration --------------------------------------------------------------------------
 
@@ -346,8 +345,7 @@ class CancelTracker(Generic[W]):
         try:
             return final.result()
         except (ArithmeticError, ValueError):  # a quantity or time that is not a number
-            self.malformed += 1
-            return None
+            return None  # not answered from memory: the call goes to Bybit instead
 
     # -- bulk ----------------------------------------------------------------------------------
 

@@ -154,7 +154,6 @@ class OrderList(msgspec.Struct, gc=False):
 
 
 class ServerTime(msgspec.Struct, rename="camel", gc=False):
-    time_second: str = ""
     time_nano: str = ""
 
 
@@ -181,8 +180,6 @@ ws_decoder = msgspec.json.Decoder(WsMessage)
 ack_envelope_decoder = msgspec.json.Decoder(AckEnvelope)
 orders_envelope_decoder = msgspec.json.Decoder(OrdersEnvelope)
 envelope_decoder = msgspec.json.Decoder(Envelope)
-ack_decoder = msgspec.json.Decoder(CancelAck)
-order_list_decoder = msgspec.json.Decoder(OrderList)
 server_time_decoder = msgspec.json.Decoder(ServerTime)
 encoder = msgspec.json.Encoder()
 

@@ -63,10 +63,6 @@ class ConnectionState(enum.StrEnum):
     CLOSED = "closed"
 
 
-class _Dead(Exception):
-    """The heartbeat found the connection silent."""
-
-
 class PrivateStream:
     """The private websocket, owned by a client.
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+
+from bybit_cancel._rest import Clock, RestClient
+from bybit_cancel._signing import Credentials
 
 # A copy of the project's shared/fixtures/bybit (real Bybit messages; provenance in its README),
 # kept in the repo so the suite runs on a fresh clone.
@@ -26,3 +32,24 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not cond():  # noqa: ASYNC110 - the fake's books expose no event per condition
             await asyncio.sleep(0.002)
+
+
+def make_rest(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    *,
+    key: str = "k",
+    secret: str = "s",
+    max_retries: int | None = 0,
+) -> RestClient:
+    """The REST adapter alone, with test settings (1 s HTTP timeout, seeded jitter)."""
+    return RestClient(
+        session,
+        base_url,
+        Credentials(key, secret),
+        recv_window=5000,
+        clock=Clock(),
+        http_timeout=1.0,
+        max_retries=max_retries,
+        rng=random.Random(1),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
+import random
 from pathlib import Path
 
 import msgspec
@@ -23,13 +24,14 @@ from bybit_cancel._client import validate_cancel
 from bybit_cancel._exceptions import error_from_ret_code
 from bybit_cancel._models import (
     FINAL_BY_WIRE,
-    ack_decoder,
+    ack_envelope_decoder,
     envelope_decoder,
-    order_list_decoder,
+    orders_envelope_decoder,
     server_time_decoder,
     ws_decoder,
 )
 from bybit_cancel._signing import Credentials, rest_headers, ws_auth_args
+from bybit_cancel._stream import PrivateStream
 from bybit_cancel._urls import resolve_urls
 
 from .helpers import FIXTURES, fixture_bytes
@@ -73,34 +75,64 @@ def test_op_replies_decode(path: str, op: str, success: bool | None) -> None:
     assert msg.op == op and msg.success is success and msg.data is None
 
 
-@pytest.mark.parametrize("path", ["ws-public/pong.spot.json", "ws-public/pong.linear.json"])
-def test_public_style_pong_is_detectable(path: str) -> None:
-    """Some streams answer ping with op "ping" and ret_msg "pong" (§3): we detect both forms."""
-    msg = ws_decoder.decode(fixture_bytes(path))
-    assert msg.op == "pong" or msg.ret_msg == "pong"
+@pytest.mark.parametrize(
+    ("path", "is_pong"),
+    [
+        ("ws-private/pong.response.json", True),
+        ("ws-private/pong.response.observed.json", True),
+        ("ws-public/pong.spot.json", True),  # op "ping" with ret_msg "pong" (§3)
+        ("ws-public/pong.linear.json", True),
+        ("ws-private/auth.success.json", False),
+        ("ws-private/subscribe.success.json", False),
+    ],
+)
+async def test_router_detects_every_pong_form(path: str, is_pong: bool) -> None:
+    """The stream's router counts a pong in every form Bybit sends, and nothing else."""
+    stream = PrivateStream(
+        "ws://127.0.0.1:1/v5/private",
+        Credentials("k", SECRET),
+        now_ms=lambda: 0,
+        on_orders=lambda orders: None,
+        on_reconnected=lambda: None,
+        on_failed=lambda e: None,
+        resync_clock=None,
+        ping_interval=20,
+        handshake_timeout=1,
+        auth_expiry_ms=10_000,
+        reconnect_backoff=(0.1, 1),
+        rng=random.Random(1),
+    )
+    stream._last_pong = -1.0
+    stream._route(fixture_bytes(path))
+    assert (stream._last_pong > 0) is is_pong
 
 
 def test_rest_envelopes_decode() -> None:
-    env = envelope_decoder.decode(fixture_bytes("rest/cancel-order.response.json"))
-    assert env.ret_code == 0
-    assert ack_decoder.decode(env.result).order_link_id == "linear-004"
-    err = envelope_decoder.decode(fixture_bytes("rest/cancel-order.error-110001.response.json"))
+    """The decoders the client uses on real Bybit answers (one step: envelope and result)."""
+    ack = ack_envelope_decoder.decode(fixture_bytes("rest/cancel-order.response.json"))
+    assert ack.ret_code == 0 and ack.result is not None
+    assert ack.result.order_link_id == "linear-004"
+    err = ack_envelope_decoder.decode(fixture_bytes("rest/cancel-order.error-110001.response.json"))
     assert (err.ret_code, err.ret_msg) == (110001, "Order does not exist")
-    lst = envelope_decoder.decode(fixture_bytes("rest/order-realtime.response.json"))
-    orders = order_list_decoder.decode(lst.result)
-    assert orders.category == "linear" and orders.orders[0].order_status == "New"
-    empty = envelope_decoder.decode(
+    lst = orders_envelope_decoder.decode(fixture_bytes("rest/order-realtime.response.json"))
+    assert lst.result is not None
+    assert lst.result.category == "linear" and lst.result.orders[0].order_status == "New"
+    hist = orders_envelope_decoder.decode(fixture_bytes("rest/order-history.response.json"))
+    assert hist.result is not None and hist.result.orders[0].order_status == "Cancelled"
+    empty = orders_envelope_decoder.decode(
         fixture_bytes("rest/order-realtime.response.observed-empty.json")
     )
-    assert order_list_decoder.decode(empty.result).orders == []
+    assert empty.result is not None and empty.result.orders == []
     t = envelope_decoder.decode(fixture_bytes("rest/market-time.response.json"))
     assert server_time_decoder.decode(t.result).time_nano == "1688639403423213947"
 
 
 def test_null_result_envelope() -> None:
-    """Old errors carry "result": null; the envelope still decodes."""
-    env = envelope_decoder.decode(b'{"retCode":10001,"retMsg":"x","result":null,"time":1}')
-    assert env.ret_code == 10001
+    """Old errors carry "result": null; the cancel answer still decodes (no ack in it)."""
+    raw = b'{"retCode":10001,"retMsg":"x","result":null,"time":1}'
+    env = ack_envelope_decoder.decode(raw)
+    assert env.ret_code == 10001 and env.result is None
+    assert envelope_decoder.decode(raw).ret_code == 10001
 
 
 def test_order_status_finality() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,8 +20,9 @@ from bybit_cancel import (
     HTTPStatusError,
     TransportError,
 )
-from bybit_cancel._rest import Clock, RestClient
-from bybit_cancel._signing import Credentials
+from bybit_cancel._rest import RestClient
+
+from .helpers import make_rest
 
 BASE = "https://api.example.test"
 CANCEL = f"{BASE}/v5/order/cancel"
@@ -43,16 +43,7 @@ def env(code: int, msg: str) -> dict[str, object]:
 @pytest.fixture
 async def rest() -> AsyncIterator[RestClient]:
     async with aiohttp.ClientSession() as session:
-        yield RestClient(
-            session,
-            BASE,
-            Credentials("k", "s"),
-            recv_window=5000,
-            clock=Clock(),
-            http_timeout=1.0,
-            max_retries=3,
-            rng=random.Random(1),
-        )
+        yield make_rest(session, BASE, max_retries=3)
 
 
 class _CompatResponse(ClientResponse):
@@ -247,16 +238,7 @@ async def test_connection_slots_are_handed_over_in_order() -> None:
     """The signing gate hands a freed slot to the longest waiter; a waiter cancelled after being
     handed a slot gives it back; nobody is starved by newcomers."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        rest = RestClient(
-            session,
-            BASE,
-            Credentials("k", "s"),
-            recv_window=5000,
-            clock=Clock(),
-            http_timeout=1.0,
-            max_retries=0,
-            rng=random.Random(1),
-        )
+        rest = make_rest(session, BASE)
         assert rest._slots == 1
         rest._inflight = 1  # the one slot is taken
         got: list[str] = []

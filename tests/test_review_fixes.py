@@ -22,12 +22,12 @@ from bybit_cancel import (
     cancel_and_confirm,
 )
 from bybit_cancel._models import WireOrder
-from bybit_cancel._rest import Clock, RestClient
 from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
+from .helpers import make_rest
 
 
 async def _raw_server(handler: Any) -> tuple[asyncio.Server, int]:
@@ -38,16 +38,7 @@ async def _raw_server(handler: Any) -> tuple[asyncio.Server, int]:
 async def _one_cancel(base_url: str, key: str) -> None:
     """One REST cancel, no retries, through a fresh session."""
     async with aiohttp.ClientSession() as session:
-        rest = RestClient(
-            session,
-            base_url,
-            Credentials(key, SECRET),
-            recv_window=5000,
-            clock=Clock(),
-            http_timeout=1.0,
-            max_retries=0,
-            rng=random.Random(1),
-        )
+        rest = make_rest(session, base_url, key=key, secret=SECRET)
         await rest.cancel({"category": "linear", "symbol": "BTCUSDT", "orderId": "x"})
 
 

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 CATEGORIES: Final = frozenset({"linear", "inverse", "spot", "option"})
 SPOT_FILTERS: Final = frozenset({"Order", "tpslOrder", "StopOrder"})
-OPEN_STATUSES: Final = frozenset({"New", "PartiallyFilled", "Untriggered", "Triggered"})
 # protocol §5: the final set used for confirmation.
 FINAL_STATUSES: Final = frozenset(
     {"Cancelled", "PartiallyFilledCanceled", "Filled", "Rejected", "Deactivated"}
