@@ -7,7 +7,8 @@ import platform
 import resource
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 
 def peak_rss_mb() -> float:
@@ -34,14 +35,15 @@ def machine() -> str:
     )
 
 
-def run(main: object, use_uvloop: bool) -> None:
-    """Run a coroutine function under asyncio or uvloop."""
+def run(main: Callable[[], Coroutine[Any, Any, bool]], use_uvloop: bool) -> int:
+    """Run a benchmark coroutine under asyncio or uvloop; exit status 0 if every target passed."""
     if use_uvloop:
         import uvloop
 
-        uvloop.run(main())  # type: ignore[operator]
+        ok = uvloop.run(main())
     else:
-        asyncio.run(main())  # type: ignore[operator]
+        ok = asyncio.run(main())
+    return 0 if ok else 1
 
 
 def verdict(ok: bool) -> str:

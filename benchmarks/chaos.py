@@ -173,13 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)
-    result: list[bool] = []
-
-    async def go() -> None:
-        result.append(await chaos(a.n, a.rate, a.seed, a.timeout))
-
-    run(go, a.uvloop)
-    return 0 if result and result[0] else 1
+    return run(lambda: chaos(a.n, a.rate, a.seed, a.timeout), a.uvloop)
 
 
 if __name__ == "__main__":

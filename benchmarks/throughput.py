@@ -232,13 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inproc", action="store_true", help="run the fake in this process")
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)
-    result: list[bool] = []
-
-    async def go() -> None:
-        result.append(await throughput(a.n, a.ws_n, a.rounds, a.inproc, a.uvloop))
-
-    run(go, a.uvloop)
-    return 0 if result and result[0] else 1
+    return run(lambda: throughput(a.n, a.ws_n, a.rounds, a.inproc, a.uvloop), a.uvloop)
 
 
 if __name__ == "__main__":

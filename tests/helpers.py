@@ -11,8 +11,10 @@ from typing import Any
 
 import aiohttp
 
+from bybit_cancel._models import WireOrder
 from bybit_cancel._rest import Clock, RestClient
 from bybit_cancel._signing import Credentials
+from bybit_cancel._stream import PrivateStream
 
 # A copy of the project's shared/fixtures/bybit (real Bybit messages; provenance in its README),
 # kept in the repo so the suite runs on a fresh clone.
@@ -51,5 +53,25 @@ def make_rest(
         clock=Clock(),
         http_timeout=1.0,
         max_retries=max_retries,
+        rng=random.Random(1),
+    )
+
+
+def make_stream(
+    on_orders: Callable[[list[WireOrder]], None] = lambda orders: None,
+) -> PrivateStream:
+    """The stream adapter alone, never connected: for feeding frames to its router."""
+    return PrivateStream(
+        "ws://127.0.0.1:1/v5/private",
+        Credentials("k", "s"),
+        now_ms=lambda: 0,
+        on_orders=on_orders,
+        on_reconnected=lambda: None,
+        on_failed=lambda e: None,
+        resync_clock=None,
+        ping_interval=20,
+        handshake_timeout=1,
+        auth_expiry_ms=10_000,
+        reconnect_backoff=(0.1, 1),
         rng=random.Random(1),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
-import random
 from pathlib import Path
 
 import msgspec
@@ -31,10 +30,9 @@ from bybit_cancel._models import (
     ws_decoder,
 )
 from bybit_cancel._signing import Credentials, rest_headers, ws_auth_args
-from bybit_cancel._stream import PrivateStream
 from bybit_cancel._urls import resolve_urls
 
-from .helpers import FIXTURES, fixture_bytes
+from .helpers import FIXTURES, fixture_bytes, make_stream
 
 SECRET = "s3cr3t-value-that-must-not-leak"
 
@@ -88,20 +86,7 @@ def test_op_replies_decode(path: str, op: str, success: bool | None) -> None:
 )
 async def test_router_detects_every_pong_form(path: str, is_pong: bool) -> None:
     """The stream's router counts a pong in every form Bybit sends, and nothing else."""
-    stream = PrivateStream(
-        "ws://127.0.0.1:1/v5/private",
-        Credentials("k", SECRET),
-        now_ms=lambda: 0,
-        on_orders=lambda orders: None,
-        on_reconnected=lambda: None,
-        on_failed=lambda e: None,
-        resync_clock=None,
-        ping_interval=20,
-        handshake_timeout=1,
-        auth_expiry_ms=10_000,
-        reconnect_backoff=(0.1, 1),
-        rng=random.Random(1),
-    )
+    stream = make_stream()
     stream._last_pong = -1.0
     stream._route(fixture_bytes(path))
     assert (stream._last_pong > 0) is is_pong

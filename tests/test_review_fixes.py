@@ -5,7 +5,6 @@ frames."""
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Any
 
 import aiohttp
@@ -22,12 +21,10 @@ from bybit_cancel import (
     cancel_and_confirm,
 )
 from bybit_cancel._models import WireOrder
-from bybit_cancel._signing import Credentials
-from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
-from .helpers import make_rest
+from .helpers import make_rest, make_stream
 
 
 async def _raw_server(handler: Any) -> tuple[asyncio.Server, int]:
@@ -210,20 +207,7 @@ async def test_outside_cancellation_is_not_swallowed(fx: FakeExchange) -> None:
 def test_odd_frame_keeps_the_good_orders() -> None:
     """One order of a push with a wrong type is skipped; the others are still routed."""
     got: list[list[WireOrder]] = []
-    stream = PrivateStream(
-        "ws://127.0.0.1:1/v5/private",
-        Credentials("k", SECRET),
-        now_ms=lambda: 0,
-        on_orders=got.append,
-        on_reconnected=lambda: None,
-        on_failed=lambda e: None,
-        resync_clock=None,
-        ping_interval=20,
-        handshake_timeout=1,
-        auth_expiry_ms=10_000,
-        reconnect_backoff=(0.1, 1),
-        rng=random.Random(1),
-    )
+    stream = make_stream(got.append)
     frame = (
         b'{"topic":"order","id":"x","creationTime":1,"data":['
         b'{"orderId":"good","orderStatus":"Cancelled","category":"linear"},'
