@@ -17,8 +17,8 @@ Rules (bybit-protocol.md §4, §5, §12):
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import islice
 from typing import Generic, TypeVar
 
 import msgspec
@@ -39,22 +39,25 @@ _EVICT_SLACK = 256
 
 W = TypeVar("W")
 
+# Pending._flags
+_ACKNOWLEDGED = 1
+_CLOSED = 2
+_LINKED = 4
+_INTERRUPTED = 8
+
 
 class Pending(Generic[W]):
     """One pending cancel. Created by :meth:`CancelTracker.start`; opaque to callers but readable."""
 
     __slots__ = (
-        "acknowledged",
+        "_flags",
         "category",
-        "closed",
         "deadline_at",
         "error",
         "final",
         "grace_at",
-        "interrupted",
         "last_status",
         "last_updated",
-        "linked",
         "order_id",
         "order_link_id",
         "owner",
@@ -72,29 +75,65 @@ class Pending(Generic[W]):
         self.symbol = symbol
         self.order_id = order_id
         self.order_link_id = order_link_id
-        self.acknowledged = False
+        # acknowledged, closed, linked and interrupted (below), as bits of one int: an entry
+        # lives as long as its call, so every slot counts when 10,000 calls are pending.
+        self._flags = 0
         # The outcome lives on the entry, so a wake-up that races another cannot lose it: the
         # waiter is only a signal for the I/O layer. `final` is set when an update resolves the
         # entry; the public result is built from it by the woken caller, so that routing a push
         # stays cheap.
         self.final: _Final | None = None
         self.error: BaseException | None = None
-        # Set by the I/O layer once the caller has returned (timers may still hold the entry).
-        self.closed = False
         self.last_status: str | None = None
         self.last_updated = -1
-        # Is this entry in the link index (the caller gave only the orderLinkId)?
-        self.linked = False
         # For the I/O layer: the task inside a REST call on this entry's behalf (so a close can
-        # interrupt it), and whether it did interrupt it. Opaque here.
+        # interrupt it); see `interrupted`. Opaque here.
         self.owner: object | None = None
-        self.interrupted = False
         # For the I/O layer's timers: how many of its queue entries point here, and when the
         # call's deadline and first grace expire.
         self.timer_items = 0
         self.timeout = 0.0
         self.deadline_at = 0.0
         self.grace_at = 0.0
+
+    def _flag(self, bit: int, on: bool) -> None:
+        self._flags = self._flags | bit if on else self._flags & ~bit
+
+    @property
+    def acknowledged(self) -> bool:
+        """Bybit acknowledged the cancel request."""
+        return bool(self._flags & _ACKNOWLEDGED)
+
+    @acknowledged.setter
+    def acknowledged(self, on: bool) -> None:
+        self._flag(_ACKNOWLEDGED, on)
+
+    @property
+    def closed(self) -> bool:
+        """Set by the I/O layer once the caller has returned (timers may still hold the entry)."""
+        return bool(self._flags & _CLOSED)
+
+    @closed.setter
+    def closed(self, on: bool) -> None:
+        self._flag(_CLOSED, on)
+
+    @property
+    def linked(self) -> bool:
+        """The entry is in the link index (the caller gave only the orderLinkId)."""
+        return bool(self._flags & _LINKED)
+
+    @linked.setter
+    def linked(self, on: bool) -> None:
+        self._flag(_LINKED, on)
+
+    @property
+    def interrupted(self) -> bool:
+        """For the I/O layer: it cancelled ``owner`` itself (a deadline or a close). Opaque here."""
+        return bool(self._flags & _INTERRUPTED)
+
+    @interrupted.setter
+    def interrupted(self, on: bool) -> None:
+        self._flag(_INTERRUPTED, on)
 
     @property
     def result(self) -> CancelResult | None:
@@ -197,9 +236,12 @@ class CancelTracker(Generic[W]):
         # category, not across categories.
         self._by_link: _Index[tuple[str, str], W] = _Index()
         self._count = 0
-        self._recent: OrderedDict[str, _Final] = OrderedDict()
+        # orderId -> its first final state, oldest first (a dict keeps insertion order, and `now`
+        # only grows, so the oldest entry is also the first).
+        self._recent: dict[str, _Final] = {}
         self._recent_link: dict[tuple[str, str], str] = {}
         self._recent_size = recent_size
+        self._recent_limit = recent_size + _EVICT_SLACK
         self._recent_age = recent_age
         self._inserts = 0
 
@@ -285,9 +327,27 @@ class CancelTracker(Generic[W]):
         resolved: list[Pending[W]] = []
         by_id = self._by_id.one
         by_link = self._by_link.one
+        recent = self._recent
         for order in orders:
             status = FINAL_BY_WIRE.get(order.order_status)
-            final = None if status is None else self._remember(order, status, source, now)
+            if status is None:
+                final = None
+            else:
+                # Remember it; sticky: the first final state seen for an order wins. (The
+                # memory's insert, inlined: this loop is the hot path.)
+                final = _Final(order, status, source, now)
+                known = recent.setdefault(order.order_id, final)
+                if known is not final:
+                    final = known
+                else:
+                    if order.order_link_id:
+                        self._recent_link[(order.category, order.order_link_id)] = order.order_id
+                    self._inserts += 1
+                    if len(recent) > self._recent_limit or not self._inserts & 127:
+                        # In batches: by size when over the bound by a little, by age every 128
+                        # inserts (and in start()), so a full memory does not pay an eviction
+                        # on every insert.
+                        self._evict(now)
             if not (by_id or by_link):
                 continue
             # The common case, one cancel per order id and none by link id, without allocations.
@@ -377,37 +437,34 @@ class CancelTracker(Generic[W]):
 
     # -- memory of final states ----------------------------------------------------------------
 
-    def _remember(
-        self, order: WireOrder, status: OrderStatus, source: Source, now: float
-    ) -> _Final:
-        recent = self._recent
-        known = recent.get(order.order_id)
-        if known is not None:
-            return known  # sticky: the first final state wins
-        final = _Final(order, status, source, now)
-        recent[order.order_id] = final
-        if order.order_link_id:
-            self._recent_link[(order.category, order.order_link_id)] = order.order_id
-        self._inserts += 1
-        if len(recent) > self._recent_size + _EVICT_SLACK or not self._inserts & 127:
-            # In batches: by size when over the bound by a little, by age every 128 inserts (and
-            # in start()), so a full memory does not pay an eviction on every insert.
-            self._evict(now)
-        return final
-
     def _evict(self, now: float) -> None:
         recent = self._recent
+        if not recent:
+            return
+        excess = len(recent) - self._recent_size
         horizon = now - self._recent_age
-        size = self._recent_size
+        if excess <= 0:
+            if recent[next(iter(recent))].at >= horizon:
+                return
+            excess = 0
+        # The oldest `excess` go by count; then any older than the horizon, oldest first.
+        doomed = list(islice(recent, excess)) if excess > 0 else []
+        links = self._recent_link
+        for order_id in doomed:
+            self._drop(recent.pop(order_id), order_id, links)
         while recent:
-            if len(recent) <= size and recent[next(iter(recent))].at >= horizon:
+            order_id = next(iter(recent))
+            if recent[order_id].at >= horizon:
                 break
-            order_id, oldest = recent.popitem(last=False)
-            link = oldest.order.order_link_id
-            if link:
-                key = (oldest.order.category, link)
-                if self._recent_link.get(key) == order_id:
-                    del self._recent_link[key]
+            self._drop(recent.pop(order_id), order_id, links)
+
+    @staticmethod
+    def _drop(final: _Final, order_id: str, links: dict[tuple[str, str], str]) -> None:
+        link = final.order.order_link_id
+        if link:
+            key = (final.order.category, link)
+            if links.get(key) == order_id:
+                del links[key]
 
     def _recent_final(
         self, category: str, order_id: str, order_link_id: str, now: float

@@ -415,6 +415,17 @@ def test_memory_of_final_states_stays_bounded_under_a_stream_of_pushes() -> None
     t: CancelTracker[str] = CancelTracker(recent_size=1000, recent_age=600.0)
     peak = 0
     for i in range(50_000):
-        t.on_orders([order(f"x{i}")], "websocket", 1.0)
+        # every third one with a link id: the link table is trimmed with the memory
+        t.on_orders([order(f"x{i}", link=f"L{i}" if i % 3 == 0 else "")], "websocket", 1.0)
         peak = max(peak, t.remembered)
     assert 1000 <= peak <= 1000 + 256 + 1
+    assert len(t._recent_link) <= t.remembered // 3 + 1
+    # the newest are answered from memory, by id and by link id; the evicted ones are not
+    newest = t.start(
+        "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L49998", now=2
+    )
+    assert isinstance(newest, CancelResult) and newest.order_id == "x49998"
+    evicted = t.start(
+        "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L3", now=2
+    )
+    assert isinstance(evicted, Pending)
