@@ -626,9 +626,11 @@ class BybitCancelClient:
     # -- callbacks from the stream (on the stream task) ----------------------------------------
 
     def _on_push(self, orders: list[WireOrder]) -> None:
-        resolved = self._tracker.on_orders(orders, "websocket", time.monotonic())
-        if resolved:
-            self._deliver(resolved)
+        # The router's hot path: _deliver, inlined.
+        for entry in self._tracker.on_orders(orders, "websocket", time.monotonic()):
+            waiter = entry.waiter
+            if not waiter.done():
+                waiter.set_result(None)
 
     @staticmethod
     def _deliver(resolved: list[Pending[Waiter]]) -> None:
