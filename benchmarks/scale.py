@@ -161,8 +161,12 @@ async def scale(n: int, total: int, rounds: int, inproc: bool, uvloop: bool) -> 
         for r in range(rounds):
             for book, client in pairs if r % 2 == 0 else pairs[::-1]:
                 conc[client.name].append(await concurrent(fake, book, client, n))
-        for book, client in pairs:
-            park[client.name] = await parked(fake, book, client, n)
+        # Twice each, in the order A B B A, keeping each one's smaller figure: the loop's set of
+        # all tasks grows in steps, and whoever happens to trigger a step would be charged for it.
+        for book, client in pairs + pairs[::-1]:
+            got = await parked(fake, book, client, n)
+            prev = park.get(client.name)
+            park[client.name] = got if prev is None or got["bytes"] < prev["bytes"] else prev
         b = await burst(fake, 0, ours, total, n)
         pending_after = ours.client.pending_count
         remembered = ours.client._tracker.remembered
