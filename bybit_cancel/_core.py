@@ -263,8 +263,8 @@ class CancelTracker(Generic[W]):
         Returns the final state at once if one is remembered for this order; otherwise the
         :class:`Pending` entry, which must later be resolved or passed to :meth:`forget`.
         """
-        if self._recent:
-            self._evict(now)
+        # (No trimming here: inserts trim the memory; a remembered state past recent_age is
+        # ignored by _recent_final.)
         known = self._recent_final(category, order_id or "", order_link_id or "", now)
         if known is not None:
             result = self._result(known)
@@ -345,8 +345,7 @@ class CancelTracker(Generic[W]):
                     self._inserts += 1
                     if len(recent) > self._recent_limit or not self._inserts & 127:
                         # In batches: by size when over the bound by a little, by age every 128
-                        # inserts (and in start()), so a full memory does not pay an eviction
-                        # on every insert.
+                        # inserts, so a full memory does not pay an eviction on every insert.
                         self._evict(now)
             if not (by_id or by_link):
                 continue

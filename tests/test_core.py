@@ -247,25 +247,32 @@ def test_recent_memory_bounded_by_size_and_age() -> None:
     t: CancelTracker[str] = CancelTracker(recent_size=3, recent_age=10.0)
     for i in range(5):
         t.on_orders([order(f"o{i}", link=f"L{i}")], "websocket", float(i))
-    assert t.remembered <= 3 + 256
+    assert t.remembered == 5  # within one batch of the bound: not trimmed yet
+    for i in range(5, 5 + 256):
+        t.on_orders([order(f"o{i}", link=f"L{i}")], "websocket", 4.0)
+    assert 3 <= t.remembered < 3 + 256  # over the bound by a batch: trimmed
     assert isinstance(
-        t.start("w", category="linear", symbol="BTCUSDT", order_id="o4", order_link_id=None, now=5),
+        t.start(
+            "w", category="linear", symbol="BTCUSDT", order_id="o260", order_link_id=None, now=5
+        ),
         CancelResult,
     )
-    assert t.remembered == 3  # start() trimmed it
     # o0 was evicted by size: a cancel for it is pending, not answered from memory
     assert isinstance(
         t.start("w", category="linear", symbol="BTCUSDT", order_id="o0", order_link_id=None, now=5),
         Pending,
     )
-    # past the age bound, everything is forgotten
+    # past the age bound, nothing is answered from memory, and the next insert trims it all
     assert isinstance(
         t.start(
-            "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L4", now=100
+            "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L260", now=100
         ),
         Pending,
     )
-    assert t.remembered == 0
+    for i in range(128):
+        t.on_orders([order(f"p{i}")], "websocket", 100.0)
+    assert t._recent and all(order_id.startswith("p") for order_id in t._recent)
+    assert not t._recent_link  # the link ids of the evicted went with them
 
 
 def test_rest_source_is_reported() -> None:
