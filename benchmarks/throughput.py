@@ -1,16 +1,18 @@
 """Throughput: order-update frames per second, in process and through a loopback websocket.
 
-    python benchmarks/throughput.py                  # 200,000 updates in process, 10,000 over ws
+    python benchmarks/throughput.py     # in process: 5 rounds of 100,000 updates; ws: 5 x 10,000
     python benchmarks/throughput.py -n 20000 --ws-n 2000 [--uvloop] [--inproc]
 
 (a) In process, one core: the recorded Bybit push (fixtures ws-private/order.push.linear-cancelled.json)
     as a frame of 1 order and of 10 orders, each order resolving a pending cancel. Three paths:
     bybit_cancel's stream router (``PrivateStream._route`` -> ``CancelTracker.on_orders`` -> the
     waiter) with every update resolving a registered cancel; ``json.loads`` + dict routing; and
-    untyped ``msgspec.json.decode`` + dict routing (the floor's decoder).
+    untyped ``msgspec.json.decode`` + dict routing (the floor's decoder). Each path's best round
+    counts (as with timeit: a slower round measured a busier machine, not other code).
 (b) Loopback websocket: N cancels are parked (acknowledged, the fake holding their pushes), then
     the fake releases every final state at once, 1 or 10 orders per frame, and the time until
-    every ``cancel_order`` returned gives frames/s. Same for the hand-written floor.
+    every ``cancel_order`` returned gives frames/s. Same for the hand-written floor, in the same
+    round; the verdict is the median over the rounds of each round's ratio.
 
 Targets: (a) >= 150,000 updates/s and >= 4 x json+dict; (b) >= 0.95 x the floor's frames/s.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import sys
@@ -44,6 +47,7 @@ FIXTURE = (
 _FALLBACK_FIXTURE = Path("/work/shared/fixtures/bybit/ws-private/order.push.linear-cancelled.json")
 
 
+@functools.cache
 def recorded_frames(n_updates: int, per_frame: int) -> tuple[list[bytes], list[str]]:
     """Frames built from the recorded push: its data[0] repeated with distinct order ids."""
     path = FIXTURE if FIXTURE.exists() else _FALLBACK_FIXTURE
@@ -136,9 +140,10 @@ async def park_and_release(
     ids = (await fake.call("seed", book=book, n=n))["ids"]
     await fake.call("park", book=book, on=True)
     client.acked = 0
-    tasks = [asyncio.ensure_future(client.cancel(oid)) for oid in ids]
+    # Each library's own call, with no benchmark wrapper (the floor's call is its own `cancel`).
+    tasks = [asyncio.ensure_future(client.cancel_direct(oid)) for oid in ids]
     async with asyncio.timeout(120):
-        while client.acked < n:  # noqa: ASYNC110 (a counter, not worth an Event per client)
+        while client.parked() < n:  # noqa: ASYNC110 (a counter, not worth an Event per client)
             await asyncio.sleep(0.01)
     await fake.call("park", book=book, on=False)
     frames = (await fake.call("prepare", book=book, ids=ids, per_frame=per_frame))["frames"]
@@ -156,6 +161,8 @@ async def park_and_release(
 async def loopback(
     n: int, rounds: int, inproc: bool, uvloop: bool
 ) -> dict[int, dict[str, tuple[float, float]]]:
+    """Per frame size: each client's median (frames/s, CPU us/frame) over the rounds, and under
+    "ratio" the median of the per-round ratios ours / floor."""
     fake = await FakeHandle.start(2, inproc=inproc, uvloop=uvloop)
     ours = Ours(fake.books[0]["rest_url"], fake.books[0]["ws_url"], push_grace=600.0)
     floor = Floor(fake.books[1]["rest_url"], fake.books[1]["ws_url"], recv_window=600_000)
@@ -175,10 +182,15 @@ async def loopback(
                     runs[client.name].append(
                         await park_and_release(fake, book, client, n, per_frame)
                     )
+            ours_runs, floor_runs = runs["bybit_cancel"], runs["floor"]
             out[per_frame] = {
                 name: (median([r[0] for r in rs]), median([r[1] for r in rs]))
                 for name, rs in runs.items()
             }
+            # The ratio of each round's two runs, taken seconds apart: this VM's speed drifts
+            # over minutes, which a ratio of medians over the whole run would also measure.
+            ratios = [o[0] / f[0] for o, f in zip(ours_runs, floor_runs, strict=True)]
+            out[per_frame]["ratio"] = (median(ratios), 0.0)
     finally:
         await ours.close()
         await floor.close()
@@ -190,9 +202,18 @@ async def throughput(n: int, ws_n: int, rounds: int, inproc: bool, uvloop: bool)
     loop_name = "uvloop" if uvloop else "asyncio"
     print(f"throughput on {machine()}, {loop_name}")
     ok = True
-    print(f"(a) in process, one core, {n} order updates, recorded Bybit frames")
+    print(
+        f"(a) in process, one core, {n} order updates, recorded Bybit frames, "
+        f"best of {rounds} rounds"
+    )
     print(f"{'path':<16}{'1/frame':>14}{'10/frame':>14}   (order updates/s)")
-    results = {pf: await in_process(n, pf) for pf in (1, 10)}
+    # The best of `rounds` interleaved rounds per path (as timeit reports): a round that a
+    # neighbour on this shared VM slowed down says nothing about the code.
+    results: dict[int, dict[str, float]] = {1: {}, 10: {}}
+    for _ in range(rounds):
+        for pf in (1, 10):
+            for name, rate in (await in_process(n, pf)).items():
+                results[pf][name] = max(rate, results[pf].get(name, 0.0))
     for name in ("bybit_cancel", "json+dict", "msgspec+dict"):
         print(f"{name:<16}{results[1][name]:>14,.0f}{results[10][name]:>14,.0f}")
     for pf in (1, 10):
@@ -211,13 +232,15 @@ async def throughput(n: int, ws_n: int, rounds: int, inproc: bool, uvloop: bool)
     lb = await loopback(ws_n, rounds, inproc, uvloop)
     print(f"{'client':<14}{'frame':>7}{'frames/s':>12}{'updates/s':>12}{'CPU us/frame':>14}")
     for pf, by in lb.items():
-        for name, (fps, cpu) in by.items():
+        for name in ("bybit_cancel", "floor"):
+            fps, cpu = by[name]
             print(f"{name:<14}{pf:>7}{fps:>12,.0f}{fps * pf:>12,.0f}{cpu:>14.1f}")
     for pf, by in lb.items():
-        ratio = by["bybit_cancel"][0] / by["floor"][0]
+        ratio = by["ratio"][0]
         ok = ok and ratio >= 0.95
         print(
-            f"{verdict(ratio >= 0.95)} {pf:>2}/frame: {ratio:.3f} x the floor's frames/s (target >= 0.95)"
+            f"{verdict(ratio >= 0.95)} {pf:>2}/frame: {ratio:.3f} x the floor's frames/s, median of "
+            f"the rounds' ratios (target >= 0.95)"
         )
     return ok
 
@@ -226,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-n", type=int, default=200_000, help="order updates, in process")
+    p.add_argument("-n", type=int, default=100_000, help="order updates per round, in process")
     p.add_argument("--ws-n", type=int, default=10_000, help="parked cancels per loopback round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="rounds of each part")
     p.add_argument("--inproc", action="store_true", help="run the fake in this process")
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)

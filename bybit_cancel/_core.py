@@ -39,11 +39,11 @@ _EVICT_SLACK = 256
 
 W = TypeVar("W")
 
-# Pending._flags
-_ACKNOWLEDGED = 1
-_CLOSED = 2
-_LINKED = 4
-_INTERRUPTED = 8
+# The bits of Pending._flags (read directly by _timers on its compaction path).
+ACKNOWLEDGED = 1
+CLOSED = 2
+LINKED = 4
+INTERRUPTED = 8
 
 
 class Pending(Generic[W]):
@@ -96,44 +96,41 @@ class Pending(Generic[W]):
         self.deadline_at = 0.0
         self.grace_at = 0.0
 
-    def _flag(self, bit: int, on: bool) -> None:
-        self._flags = self._flags | bit if on else self._flags & ~bit
-
     @property
     def acknowledged(self) -> bool:
         """Bybit acknowledged the cancel request."""
-        return bool(self._flags & _ACKNOWLEDGED)
+        return bool(self._flags & ACKNOWLEDGED)
 
     @acknowledged.setter
     def acknowledged(self, on: bool) -> None:
-        self._flag(_ACKNOWLEDGED, on)
+        self._flags = self._flags | ACKNOWLEDGED if on else self._flags & ~ACKNOWLEDGED
 
     @property
     def closed(self) -> bool:
         """Set by the I/O layer once the caller has returned (timers may still hold the entry)."""
-        return bool(self._flags & _CLOSED)
+        return bool(self._flags & CLOSED)
 
     @closed.setter
     def closed(self, on: bool) -> None:
-        self._flag(_CLOSED, on)
+        self._flags = self._flags | CLOSED if on else self._flags & ~CLOSED
 
     @property
     def linked(self) -> bool:
         """The entry is in the link index (the caller gave only the orderLinkId)."""
-        return bool(self._flags & _LINKED)
+        return bool(self._flags & LINKED)
 
     @linked.setter
     def linked(self, on: bool) -> None:
-        self._flag(_LINKED, on)
+        self._flags = self._flags | LINKED if on else self._flags & ~LINKED
 
     @property
     def interrupted(self) -> bool:
         """For the I/O layer: it cancelled ``owner`` itself (a deadline or a close). Opaque here."""
-        return bool(self._flags & _INTERRUPTED)
+        return bool(self._flags & INTERRUPTED)
 
     @interrupted.setter
     def interrupted(self, on: bool) -> None:
-        self._flag(_INTERRUPTED, on)
+        self._flags = self._flags | INTERRUPTED if on else self._flags & ~INTERRUPTED
 
     @property
     def result(self) -> CancelResult | None:

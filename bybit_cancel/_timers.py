@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._core import Pending
+from ._core import CLOSED, Pending
 
 log = logging.getLogger("bybit_cancel")
 
@@ -144,11 +144,12 @@ class Timers:
             self._arm(when)
 
     def _compact(self) -> None:
+        # (The flag bit itself, not the `closed` property: this loop visits every queued entry.)
         for queue in (self._deadlines, self._graces):
-            live = [e for e in queue if not e.closed]
+            live = [e for e in queue if not e._flags & CLOSED]
             queue.clear()
             queue.extend(live)
-        self._heap[:] = [item for item in self._heap if not item[3].closed]
+        self._heap[:] = [item for item in self._heap if not item[3]._flags & CLOSED]
         heapq.heapify(self._heap)
         self._items = len(self._deadlines) + len(self._graces) + len(self._heap)
         self._stale = 0
