@@ -445,22 +445,21 @@ class CancelTracker(Generic[W]):
             excess = 0
         # The oldest `excess` go by count; then any older than the horizon, oldest first.
         doomed = list(islice(recent, excess)) if excess > 0 else []
-        links = self._recent_link
-        for order_id in doomed:
-            self._drop(recent.pop(order_id), order_id, links)
-        while recent:
-            order_id = next(iter(recent))
+        for order_id in islice(recent, len(doomed), None):
             if recent[order_id].at >= horizon:
                 break
-            self._drop(recent.pop(order_id), order_id, links)
-
-    @staticmethod
-    def _drop(final: _Final, order_id: str, links: dict[tuple[str, str], str]) -> None:
-        link = final.order.order_link_id
-        if link:
-            key = (final.order.category, link)
-            if links.get(key) == order_id:
-                del links[key]
+            doomed.append(order_id)  # (a dict may not change size while iterated)
+        links = self._recent_link
+        if not links:
+            for order_id in doomed:
+                del recent[order_id]
+            return
+        for order_id in doomed:
+            order = recent.pop(order_id).order
+            if order.order_link_id:
+                key = (order.category, order.order_link_id)
+                if links.get(key) == order_id:
+                    del links[key]
 
     def _recent_final(
         self, category: str, order_id: str, order_link_id: str, now: float

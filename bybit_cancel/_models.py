@@ -204,7 +204,13 @@ def to_decimal(value: str) -> Decimal | None:
 
 def result_from_wire(order: WireOrder, status: OrderStatus, source: Source) -> CancelResult:
     """Build the public result from a wire order that reached final ``status``."""
-    cum = to_decimal(order.cum_exec_qty)
+    # The cache lookups of to_decimal, inlined for the common case (this runs once per confirm).
+    cum = _DECIMALS.get(order.cum_exec_qty)
+    if cum is None:
+        cum = to_decimal(order.cum_exec_qty)
+    leaves = _DECIMALS.get(order.leaves_qty)
+    if leaves is None:
+        leaves = to_decimal(order.leaves_qty)
     return CancelResult(
         order_id=order.order_id,
         order_link_id=order.order_link_id,
@@ -214,7 +220,7 @@ def result_from_wire(order: WireOrder, status: OrderStatus, source: Source) -> C
         cancel_type=order.cancel_type,
         reject_reason=order.reject_reason,
         cum_exec_qty=_ZERO if cum is None else cum,
-        leaves_qty=to_decimal(order.leaves_qty),
+        leaves_qty=leaves,
         updated_time=int(order.updated_time) if order.updated_time else 0,
         source=source,
     )
