@@ -50,7 +50,9 @@ def test_latency_without_peers() -> None:
 
 
 def test_throughput() -> None:
-    out = run_script("benchmarks/throughput.py", "-n", "200", "--ws-n", "20", "--rounds", "1")
+    out = run_script(
+        "benchmarks/throughput.py", "-n", "200", "--ws-n", "20", "--rounds", "1", "--ws-rounds", "1"
+    )
     assert "json+dict" in out and "frames/s" in out, out
     assert_verdicts(out, 4)
 
