@@ -439,12 +439,10 @@ class CancelTracker(Generic[W]):
             return
         excess = len(recent) - self._recent_size
         horizon = now - self._recent_age
-        if excess <= 0:
-            if recent[next(iter(recent))].at >= horizon:
-                return
-            excess = 0
+        if excess <= 0 and recent[next(iter(recent))].at >= horizon:
+            return
         # The oldest `excess` go by count; then any older than the horizon, oldest first.
-        doomed = list(islice(recent, excess)) if excess > 0 else []
+        doomed = list(islice(recent, max(excess, 0)))
         for order_id in islice(recent, len(doomed), None):
             if recent[order_id].at >= horizon:
                 break

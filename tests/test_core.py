@@ -243,7 +243,7 @@ def test_fail_all_returns_every_entry_with_error() -> None:
 
 def test_recent_memory_bounded_by_size_and_age() -> None:
     """The memory of final states is trimmed to recent_size entries (it may run over by a small
-    batch between trims), and holds none older than recent_age."""
+    batch between trims); a state older than recent_age is not answered, and inserts trim it."""
     t: CancelTracker[str] = CancelTracker(recent_size=3, recent_age=10.0)
     for i in range(5):
         t.on_orders([order(f"o{i}", link=f"L{i}")], "websocket", float(i))
@@ -427,7 +427,7 @@ def test_memory_of_final_states_stays_bounded_under_a_stream_of_pushes() -> None
         peak = max(peak, t.remembered)
     assert 1000 <= peak <= 1000 + 256 + 1
     assert len(t._recent_link) <= t.remembered // 3 + 1
-    # the newest are answered from memory, by id and by link id; the evicted ones are not
+    # the newest are answered from memory by link id too; the evicted ones are not
     newest = t.start(
         "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L49998", now=2
     )
@@ -436,3 +436,16 @@ def test_memory_of_final_states_stays_bounded_under_a_stream_of_pushes() -> None
         "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L3", now=2
     )
     assert isinstance(evicted, Pending)
+
+
+def test_entry_flags_are_independent() -> None:
+    """The entry's four flags share one int: setting or clearing one leaves the others alone."""
+    entry: Pending[str] = Pending("w", "linear", "BTCUSDT", "o1", "")
+    names = ("acknowledged", "closed", "linked", "interrupted")
+    assert not any(getattr(entry, n) for n in names)
+    for k, name in enumerate(names):
+        setattr(entry, name, True)
+        assert [getattr(entry, n) for n in names] == [i <= k for i in range(4)]
+    for k, name in enumerate(names):
+        setattr(entry, name, False)
+        assert [getattr(entry, n) for n in names] == [i > k for i in range(4)]
