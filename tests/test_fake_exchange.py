@@ -93,23 +93,13 @@ class Rest:
         async with self.session.post(
             self.fx.rest_url + path, data=text.encode(), headers=h, timeout=to
         ) as r:
-            raw = await r.text()
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                data = raw
-            return r.status, data, r.headers
+            return await _answer(r)
 
     async def get(self, path: str, query: str, **kw: Any) -> tuple[int, Any, Any]:
         h = self.headers(query, **kw)
         url = self.fx.rest_url + path + ("?" + query if query else "")
         async with self.session.get(url, headers=h) as r:
-            raw = await r.text()
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                data = raw
-            return r.status, data, r.headers
+            return await _answer(r)
 
     async def cancel(self, category: str, symbol: str, **ids: str) -> tuple[int, Any, Any]:
         return await self.post("/v5/order/cancel", {"category": category, "symbol": symbol, **ids})
@@ -1004,3 +994,13 @@ def test_testing_package_is_independent() -> None:
 
     src = Path(mod.__file__).read_text()
     assert "from bybit_cancel" not in src and "import bybit_cancel" not in src
+
+
+async def _answer(r: aiohttp.ClientResponse) -> tuple[int, Any, Any]:
+    """Status, body (JSON when it parses, else the text) and headers of one answer."""
+    raw = await r.text()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = raw
+    return r.status, data, r.headers
