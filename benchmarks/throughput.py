@@ -37,6 +37,7 @@ from benchmarks._clients import FINAL, Floor, Ours
 from benchmarks._common import machine, median, run, verdict
 from benchmarks._fake import FakeHandle
 from bybit_cancel import BybitCancelClient
+from bybit_cancel._call import Call
 from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
 
@@ -94,24 +95,16 @@ async def in_process(n: int, per_frame: int) -> dict[str, float]:
     )
     tracker = client._tracker
     now = time.monotonic()
-    entries = [
-        tracker.start(
-            loop.create_future(),
-            category="linear",
-            symbol="SOLUSDT",
-            order_id=oid,
-            order_link_id=None,
-            now=now,
-        )
-        for oid in ids
-    ]
+    entries = [tracker.start(Call(loop, "linear", "SOLUSDT", oid, ""), now=now) for oid in ids]
     gc.collect()
     route = stream._route
     t0 = time.perf_counter()
     for raw in frames:
         route(raw)
     out["bybit_cancel"] = n / (time.perf_counter() - t0)
-    resolved = sum(1 for e in entries if not isinstance(e, msgspec.Struct) and e.result is not None)
+    resolved = sum(
+        1 for e in entries if not isinstance(e, msgspec.Struct) and e.outcome is not None
+    )
     if resolved != n or len(tracker) != 0:
         raise RuntimeError(f"in-process: {resolved} of {n} resolved, {len(tracker)} left")
     del entries

@@ -7,7 +7,7 @@ The flow of one cancel (docs/architecture.md):
    acknowledgement is not lost;
 3. ``POST /v5/order/cancel``; "order does not exist" (110001/170213) is ambiguous, so look the order
    up and return its real final state, or raise ``OrderNotFound`` when nobody knows it;
-4. park on the entry's waiter until the stream delivers a final state; when no push comes within
+4. park on the entry (it is awaitable: ``_call.py``) until the stream delivers a final state; when no push comes within
    ``push_grace`` (lost push, dead stream), look the order up over REST with backoff;
 5. the whole call is bounded by ``timeout``; every exit path removes the pending entry.
 """
@@ -21,6 +21,7 @@ import logging
 import math
 import random
 import re
+import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -28,7 +29,8 @@ from typing import Any, Self
 
 import aiohttp
 
-from ._core import CancelTracker, Pending
+from ._call import Call
+from ._core import CancelTracker
 from ._exceptions import (
     NOT_FOUND_RET_CODES,
     AuthenticationError,
@@ -59,7 +61,6 @@ _LINK_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
 _SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,63}")
 _ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-Waiter = asyncio.Future[None]
 _NO_ACK = CancelAck()
 
 
@@ -67,6 +68,13 @@ class _State(enum.Enum):
     UNOPENED = 1
     OPEN = 2
     CLOSED = 3
+
+
+def _handled() -> Exception:
+    """The exception being handled (``sys.exception()``, typed for an ``except Exception``)."""
+    exc = sys.exception()
+    assert isinstance(exc, Exception)
+    return exc
 
 
 def validate_cancel(
@@ -195,7 +203,7 @@ class BybitCancelClient:
         self._handshake_timeout = handshake_timeout
         self._reconnect_backoff = reconnect_backoff
         self._rng = random.Random(seed)
-        self._tracker: CancelTracker[Waiter] = CancelTracker(
+        self._tracker: CancelTracker[Call] = CancelTracker(
             recent_size=recent_size, recent_age=recent_age
         )
         self._clock = Clock()
@@ -203,7 +211,7 @@ class BybitCancelClient:
         self._failure: BybitError | None = None
         self._rest: RestClient | None = None
         self._stream: PrivateStream | None = None
-        self._timers: Timers | None = None
+        self._timers: Timers[Call] | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
         self._old_reconciles: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -379,47 +387,42 @@ class BybitCancelClient:
         entry = self._begin(category, symbol, order_id, order_link_id, timeout)
         if isinstance(entry, CancelResult):
             return entry  # the order had already ended: no request
-        # This frame stays alive while the call is parked: it keeps few locals on purpose.
+        # This frame stays alive while the call is parked: it keeps few locals on purpose (each
+        # name is 8 bytes in every parked call; hence no `except ... as exc` and no `outcome`).
         try:
             # The fast path, in this one frame: send, note the ack, park until the push.
             entry.owner = asyncio.current_task()
             try:
                 ack = (await self._http.cancel(body)).result or _NO_ACK
-            except Exception as exc:
+            except Exception:
                 entry.owner = None
-                return await self._after_send_error(entry, exc, order_filter)
+                return await self._after_send_error(entry, _handled(), order_filter)
             entry.owner = None
             if on_ack is not None:
                 on_ack(ack.order_id, ack.order_link_id)
                 on_ack = None  # not kept alive while parked
             if entry.final is None and entry.error is None:
-                outcome = self._tracker.acknowledge(
+                # Sets `final` if the push beat the ack (then there is nothing to wait for).
+                self._tracker.acknowledge(
                     entry,
                     order_id=ack.order_id,
                     order_link_id=ack.order_link_id,
                     now=time.monotonic(),
                 )
-                if outcome is not None:
-                    return outcome
                 del ack, body  # nothing of the request stays alive while parked
-                if not entry.waiter.done():
+                if entry.final is None and not entry.done():
                     self._park_first(entry)
-                    await entry.waiter
-                    if entry.final is not None and entry.error is None:
-                        try:
-                            return entry.final.result()  # the common end: the push confirmed it
-                        except (ArithmeticError, ValueError):
-                            pass  # malformed: _outcome() below raises the proper error
-            outcome = self._outcome(entry)
-            if outcome is not None:
-                return outcome
-            # No push within the grace: lost push or dead stream.
-            return await self._await_final(entry, order_filter)
+                    await entry  # the entry is its own waiter (see _call.py)
+                if entry.final is not None and entry.error is None:
+                    try:
+                        return entry.final.result()  # the common end: the push confirmed it
+                    except (ArithmeticError, ValueError):
+                        pass  # malformed: _outcome() below raises the proper error
+            # (A CancelResult is always true.) No outcome yet: no push within the grace, a lost
+            # push or a dead stream.
+            return self._outcome(entry) or await self._await_final(entry, order_filter)
         except asyncio.CancelledError:
-            outcome = self._after_interrupt(entry)
-            if outcome is None:
-                raise
-            return outcome
+            return self._after_interrupt(entry)
         finally:
             self._end(entry)
 
@@ -430,7 +433,7 @@ class BybitCancelClient:
         order_id: str | None,
         order_link_id: str | None,
         timeout: float,
-    ) -> Pending[Waiter] | CancelResult:
+    ) -> Call | CancelResult:
         """Register a cancel before its request is sent, and arm its deadline."""
         if self._state is not _State.OPEN:
             raise RuntimeError("the client is not open: use `async with BybitCancelClient(...)`")
@@ -439,12 +442,9 @@ class BybitCancelClient:
         loop = self._loop
         timers = self._timers
         assert loop is not None and timers is not None
+        # (The link id only when there is no order id: the id wins on Bybit.)
         entry = self._tracker.start(
-            loop.create_future(),
-            category=category,
-            symbol=symbol,
-            order_id=order_id,
-            order_link_id=None if order_id else order_link_id,
+            Call(loop, category, symbol, order_id or "", "" if order_id else order_link_id or ""),
             now=time.monotonic(),
         )
         if not isinstance(entry, CancelResult):
@@ -452,31 +452,36 @@ class BybitCancelClient:
             timers.add_deadline(entry, loop.time() + timeout, timeout)
         return entry
 
-    def _park_first(self, entry: Pending[Waiter]) -> None:
+    def _park_first(self, entry: Call) -> None:
         timers, loop = self._timers, self._loop
         assert timers is not None and loop is not None
         timers.add_grace(entry, loop.time() + self._push_grace)
 
-    def _after_interrupt(self, entry: Pending[Waiter]) -> CancelResult | None:
-        """The caller was cancelled. If we did it (the deadline, or aclose()), take that
-        cancellation back and return the outcome (the final state if one arrived meanwhile, else
-        raise the promised error); otherwise return None and let the cancellation through."""
+    def _after_interrupt(self, entry: Call) -> CancelResult:
+        """The caller was cancelled (called while that CancelledError is handled). If we did it
+        (the deadline, or aclose()), take that cancellation back and return the outcome (the
+        final state if one arrived meanwhile, else raise the promised error); otherwise re-raise
+        the cancellation."""
+        cancelled = sys.exception()
+        assert isinstance(cancelled, asyncio.CancelledError)
         task = asyncio.current_task()
         if not entry.interrupted or task is None:
-            return None
+            raise cancelled
         entry.interrupted = False
         if task.uncancel() != 0:
-            return None  # cancelled by someone else too
+            raise cancelled  # cancelled by someone else too
         if entry.error is not None:
             raise _fresh(entry.error) from None
-        return self._outcome(entry)
+        outcome = self._outcome(entry)
+        if outcome is None:
+            raise cancelled
+        return outcome
 
-    def _end(self, entry: Pending[Waiter]) -> None:
+    def _end(self, entry: Call) -> None:
         entry.closed = True
         if entry.final is None and entry.error is None:
             self._tracker.forget(entry)  # (a resolved or failed entry is already out)
-        if not entry.waiter.done():
-            entry.waiter.cancel()
+        entry.finish()
         timers = self._timers
         if timers is not None:
             timers.release(entry)
@@ -488,7 +493,7 @@ class BybitCancelClient:
         return rest
 
     async def _after_send_error(
-        self, entry: Pending[Waiter], exc: Exception, order_filter: str | None
+        self, entry: Call, exc: Exception, order_filter: str | None
     ) -> CancelResult:
         if isinstance(exc, BybitAPIError) and exc.ret_code in NOT_FOUND_RET_CODES:
             return await self._resolve_not_found(entry, exc, order_filter)
@@ -506,29 +511,28 @@ class BybitCancelClient:
         return await self._await_final(entry, order_filter)
 
     @staticmethod
-    def _outcome(entry: Pending[Waiter]) -> CancelResult | None:
+    def _outcome(entry: Call) -> CancelResult | None:
         if entry.error is not None:
             raise _fresh(entry.error)
         try:
-            return entry.result
+            return entry.outcome
         except (ArithmeticError, ValueError) as exc:
             raise BybitError(f"Bybit sent a final state with a malformed field: {exc!r}") from None
 
-    async def _park(self, entry: Pending[Waiter], delay: float) -> CancelResult | None:
+    async def _park(self, entry: Call, delay: float) -> CancelResult | None:
         """Wait up to ``delay`` for the entry to be resolved (no task; a shared timer)."""
-        waiter = entry.waiter
-        if waiter.done():
+        if entry.done():
             outcome = self._outcome(entry)
             if outcome is not None:
                 return outcome
-            waiter = entry.waiter = waiter.get_loop().create_future()
-        timers = self._timers
-        assert timers is not None
-        timers.add(waiter.get_loop().time() + delay, GRACE, entry, waiter)
-        await waiter
+            entry.rearm()
+        timers, loop = self._timers, self._loop
+        assert timers is not None and loop is not None
+        timers.add(loop.time() + delay, GRACE, entry, entry.wait)
+        await entry
         return self._outcome(entry)
 
-    async def _await_final(self, entry: Pending[Waiter], order_filter: str | None) -> CancelResult:
+    async def _await_final(self, entry: Call, order_filter: str | None) -> CancelResult:
         """The slow path: no push came within the grace. Ask REST (§12.1), then wait for the push
         again with a doubling delay, until final or the deadline. A failed lookup is not an
         answer: keep waiting and ask again later."""
@@ -552,7 +556,7 @@ class BybitCancelClient:
                 return outcome
 
     async def _lookup(
-        self, entry: Pending[Waiter], order_filter: str | None, *, owned: bool = True
+        self, entry: Call, order_filter: str | None, *, owned: bool = True
     ) -> WireOrder | None:
         """Look the entry's order up and feed the answer to the core.
 
@@ -579,9 +583,7 @@ class BybitCancelClient:
             self._deliver(self._tracker.on_orders([order], "rest", time.monotonic()))
         return order
 
-    async def _answered_lookup(
-        self, entry: Pending[Waiter], order_filter: str | None
-    ) -> WireOrder | None:
+    async def _answered_lookup(self, entry: Call, order_filter: str | None) -> WireOrder | None:
         """A lookup that does not take a failure for "not found": transient failures are
         retried (parked on the entry, so a push still wins) until an answer or the deadline."""
         delay = 0.05
@@ -597,7 +599,7 @@ class BybitCancelClient:
             delay = min(delay * 2, 2.0)
 
     async def _resolve_not_found(
-        self, entry: Pending[Waiter], exc: BybitAPIError, order_filter: str | None
+        self, entry: Call, exc: BybitAPIError, order_filter: str | None
     ) -> CancelResult:
         # 110001/170213 is not proof: the order may have just filled or been cancelled (§12.1).
         outcome = self._outcome(entry)
@@ -628,16 +630,12 @@ class BybitCancelClient:
     def _on_push(self, orders: list[WireOrder]) -> None:
         # The router's hot path: _deliver, inlined.
         for entry in self._tracker.on_orders(orders, "websocket", time.monotonic()):
-            waiter = entry.waiter
-            if not waiter.done():
-                waiter.set_result(None)
+            entry.wake()
 
     @staticmethod
-    def _deliver(resolved: list[Pending[Waiter]]) -> None:
+    def _deliver(resolved: list[Call]) -> None:
         for entry in resolved:
-            waiter = entry.waiter
-            if not waiter.done():
-                waiter.set_result(None)
+            entry.wake()
 
     def _on_reconnected(self) -> None:
         # Bybit replays nothing missed while disconnected (§12.4): look every pending cancel up.
@@ -660,10 +658,10 @@ class BybitCancelClient:
         for entry in self._tracker.fail_all(exc):
             self._interrupt(entry, exc)
 
-    def _on_timer(self, entry: Pending[Waiter], kind: int, payload: Any) -> None:
+    def _on_timer(self, entry: Call, kind: int, payload: Any) -> None:
         if kind == GRACE:
-            if entry.waiter is payload and not payload.done():
-                payload.set_result(None)
+            if entry.wait == payload:  # not a grace left over from an earlier wait
+                entry.wake()
             return
         # DEADLINE. An outcome that arrived first wins: the truth beats the clock. But a caller
         # still inside a REST call (a push beat the ack while the request is being retried) must
@@ -684,18 +682,16 @@ class BybitCancelClient:
         self._interrupt(entry, error)
 
     @classmethod
-    def _interrupt(cls, entry: Pending[Waiter], error: BaseException) -> None:
+    def _interrupt(cls, entry: Call, error: BaseException) -> None:
         """Fail one pending call with ``error`` (unless it has its final state) and make its
         caller notice now."""
         if entry.final is None and entry.error is None:
             entry.error = error
-        waiter = entry.waiter
-        if not waiter.done():
-            waiter.set_result(None)  # a parked caller wakes and raises it
+        entry.wake()  # a parked caller wakes and raises it
         cls._interrupt_owner(entry)
 
     @staticmethod
-    def _interrupt_owner(entry: Pending[Waiter]) -> None:
+    def _interrupt_owner(entry: Call) -> None:
         owner = entry.owner
         if isinstance(owner, asyncio.Task) and not owner.done() and not entry.interrupted:
             # The caller is inside a REST call (perhaps sleeping in a backoff): interrupt it;

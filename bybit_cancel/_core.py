@@ -1,8 +1,9 @@
 """The sans-I/O core: which pending cancel does an order update resolve?
 
 Nothing here imports asyncio, reads a clock or does I/O: the caller passes ``now`` (a monotonic time
-in seconds) and an opaque ``waiter`` per pending cancel (the client uses an ``asyncio.Future``), and
-gets back the waiters to resolve. The I/O layers (``_client``, ``_stream``, ``_rest``) do the rest.
+in seconds) and its own :class:`Pending` entry per cancel (the client's is a subclass its caller can
+await, ``_call.Call``), and gets back the entries an update resolved. The I/O layers (``_client``,
+``_stream``, ``_rest``) do the rest.
 
 Rules (bybit-protocol.md §4, §5, §12):
 
@@ -37,17 +38,21 @@ __all__ = ["CancelTracker", "Pending"]
 # How far the memory of final states may run over recent_size before a batch eviction.
 _EVICT_SLACK = 256
 
-W = TypeVar("W")
-
-# The bits of Pending._flags (read directly by _timers on its compaction path).
+# The bits of Pending._flags (read directly by _timers on its compaction path). Bits from 16 up
+# are free for subclasses (_call.Call keeps its wait state there).
 ACKNOWLEDGED = 1
 CLOSED = 2
 LINKED = 4
 INTERRUPTED = 8
 
 
-class Pending(Generic[W]):
-    """One pending cancel. Created by :meth:`CancelTracker.start`; opaque to callers but readable."""
+class Pending:
+    """One pending cancel, registered with :meth:`CancelTracker.start`. The I/O layer subclasses
+    it (adding slots) to make it awaitable; the core only reads and writes the fields below.
+
+    ``order_link_id`` is the link id to match by when there is no ``order_id`` (the id wins on
+    Bybit); give ``""`` for it otherwise: it is learnt from the acknowledgement.
+    """
 
     __slots__ = (
         "_flags",
@@ -56,21 +61,16 @@ class Pending(Generic[W]):
         "error",
         "final",
         "grace_at",
-        "last_status",
-        "last_updated",
+        "last",
         "order_id",
         "order_link_id",
         "owner",
         "symbol",
         "timeout",
         "timer_items",
-        "waiter",
     )
 
-    def __init__(
-        self, waiter: W, category: str, symbol: str, order_id: str, order_link_id: str
-    ) -> None:
-        self.waiter = waiter
+    def __init__(self, category: str, symbol: str, order_id: str, order_link_id: str) -> None:
         self.category = category
         self.symbol = symbol
         self.order_id = order_id
@@ -78,14 +78,15 @@ class Pending(Generic[W]):
         # acknowledged, closed, linked and interrupted (below), as bits of one int: an entry
         # lives as long as its call, so every slot counts when 10,000 calls are pending.
         self._flags = 0
-        # The outcome lives on the entry, so a wake-up that races another cannot lose it: the
-        # waiter is only a signal for the I/O layer. `final` is set when an update resolves the
+        # The outcome lives on the entry, so a wake-up that races another cannot lose it: a wake-up
+        # is only a signal for the I/O layer. `final` is set when an update resolves the
         # entry; the public result is built from it by the woken caller, so that routing a push
         # stays cheap.
         self.final: _Final | None = None
         self.error: BaseException | None = None
-        self.last_status: str | None = None
-        self.last_updated = -1
+        # (updatedTime, orderStatus) of the newest non-final update, for diagnostics; one slot,
+        # allocated only when such an update comes.
+        self.last: tuple[int, str] | None = None
         # For the I/O layer: the task inside a REST call on this entry's behalf (so a close can
         # interrupt it); see `interrupted`. Opaque here.
         self.owner: object | None = None
@@ -133,7 +134,13 @@ class Pending(Generic[W]):
         self._flags = self._flags | INTERRUPTED if on else self._flags & ~INTERRUPTED
 
     @property
-    def result(self) -> CancelResult | None:
+    def last_status(self) -> str | None:
+        """The newest non-final ``orderStatus`` seen for the order, if any."""
+        last = self.last
+        return None if last is None else last[1]
+
+    @property
+    def outcome(self) -> CancelResult | None:
         """The confirmed final state, or ``None`` while pending.
 
         Raises ``ValueError``/``ArithmeticError`` if Bybit sent a quantity that is not a number.
@@ -149,30 +156,33 @@ class Pending(Generic[W]):
 K = TypeVar("K")
 
 
-class _Index(Generic[K, W]):
+E = TypeVar("E", bound=Pending)
+
+
+class _Index(Generic[K, E]):
     """key -> pending cancels. Nearly always one per key, so the first lives in a plain dict and
     only extra ones (two callers cancelling the same order) go to a side table."""
 
     __slots__ = ("more", "one")
 
     def __init__(self) -> None:
-        self.one: dict[K, Pending[W]] = {}
-        self.more: dict[K, list[Pending[W]]] = {}
+        self.one: dict[K, E] = {}
+        self.more: dict[K, list[E]] = {}
 
-    def add(self, key: K, entry: Pending[W]) -> None:
+    def add(self, key: K, entry: E) -> None:
         if key in self.one:
             self.more.setdefault(key, []).append(entry)
         else:
             self.one[key] = entry
 
-    def get(self, key: K) -> list[Pending[W]]:
+    def get(self, key: K) -> list[E]:
         head = self.one.get(key)
         if head is None:
             return []
         extra = self.more.get(key) if self.more else None
         return [head, *extra] if extra else [head]
 
-    def remove(self, key: K, entry: Pending[W]) -> bool:
+    def remove(self, key: K, entry: E) -> bool:
         extra = self.more.get(key) if self.more else None
         if self.one.get(key) is entry:
             if extra:
@@ -191,7 +201,7 @@ class _Index(Generic[K, W]):
                     return True
         return False
 
-    def entries(self) -> list[Pending[W]]:
+    def entries(self) -> list[E]:
         out = list(self.one.values())
         for extra in self.more.values():
             out.extend(extra)
@@ -215,7 +225,7 @@ class _Final(msgspec.Struct, gc=False):
         return result_from_wire(self.order, self.status, self.source)
 
 
-class CancelTracker(Generic[W]):
+class CancelTracker(Generic[E]):
     """Tracks pending cancels and decides what each order update resolves.
 
     Args:
@@ -228,10 +238,10 @@ class CancelTracker(Generic[W]):
         if recent_size < 1 or recent_age <= 0:
             raise ValueError("recent_size and recent_age must be positive")
         # orderId -> cancels that know the order id (given, or learnt from the ack)
-        self._by_id: _Index[str, W] = _Index()
+        self._by_id: _Index[str, E] = _Index()
         # (category, orderLinkId) -> cancels given only the link id. orderLinkId is unique per
         # category, not across categories.
-        self._by_link: _Index[tuple[str, str], W] = _Index()
+        self._by_link: _Index[tuple[str, str], E] = _Index()
         self._count = 0
         # orderId -> its first final state, oldest first (a dict keeps insertion order, and `now`
         # only grows, so the oldest entry is also the first).
@@ -244,40 +254,30 @@ class CancelTracker(Generic[W]):
 
     # -- registration --------------------------------------------------------------------------
 
-    def start(
-        self,
-        waiter: W,
-        *,
-        category: str,
-        symbol: str,
-        order_id: str | None,
-        order_link_id: str | None,
-        now: float,
-    ) -> Pending[W] | CancelResult:
+    def start(self, entry: E, *, now: float) -> E | CancelResult:
         """Register a cancel, before its request is sent, so that an early push is not lost.
 
-        Give ``order_link_id`` only when there is no ``order_id`` (the id wins on Bybit).
-        Returns the final state at once if one is remembered for this order; otherwise the
-        :class:`Pending` entry, which must later be resolved or passed to :meth:`forget`.
+        Returns the final state at once if one is remembered for the entry's order (the entry is
+        then not registered); otherwise the entry, which must later be resolved or passed to
+        :meth:`forget`.
         """
         # (No trimming here: inserts trim the memory; a remembered state past recent_age is
         # ignored by _recent_final.)
-        known = self._recent_final(category, order_id or "", order_link_id or "", now)
+        known = self._recent_final(entry.category, entry.order_id, entry.order_link_id, now)
         if known is not None:
             result = self._result(known)
             if result is not None:
                 return result
-        entry = Pending(waiter, category, symbol, order_id or "", order_link_id or "")
         if entry.order_id:
             self._by_id.add(entry.order_id, entry)
         else:
-            self._by_link.add((category, entry.order_link_id), entry)
+            self._by_link.add((entry.category, entry.order_link_id), entry)
             entry.linked = True
         self._count += 1
         return entry
 
     def acknowledge(
-        self, entry: Pending[W], *, order_id: str, order_link_id: str, now: float
+        self, entry: E, *, order_id: str, order_link_id: str, now: float
     ) -> CancelResult | None:
         """Record Bybit's acknowledgement; learns the order id when only the link id was given.
 
@@ -302,7 +302,7 @@ class CancelTracker(Generic[W]):
         self.forget(entry)
         return result
 
-    def forget(self, entry: Pending[W]) -> None:
+    def forget(self, entry: E) -> None:
         """Remove a pending cancel (resolved, timed out, cancelled, failed). Idempotent."""
         removed = False
         if entry.order_id:
@@ -315,13 +315,13 @@ class CancelTracker(Generic[W]):
 
     # -- updates -------------------------------------------------------------------------------
 
-    def on_orders(self, orders: list[WireOrder], source: Source, now: float) -> list[Pending[W]]:
+    def on_orders(self, orders: list[WireOrder], source: Source, now: float) -> list[E]:
         """Apply order updates (one push's ``data[]``, or a REST lookup).
 
         Returns the pending cancels they resolved, each with ``final`` set (``result`` builds the
-        public result from it) and already removed.
+        public result from it: ``outcome``) and already removed.
         """
-        resolved: list[Pending[W]] = []
+        resolved: list[E] = []
         by_id = self._by_id.one
         by_link = self._by_link.one
         recent = self._recent
@@ -371,7 +371,7 @@ class CancelTracker(Generic[W]):
                 resolved.append(entry)
         return resolved
 
-    def _matching(self, order: WireOrder) -> list[Pending[W]]:
+    def _matching(self, order: WireOrder) -> list[E]:
         category = order.category
         matched = [
             e for e in self._by_id.get(order.order_id) if not category or e.category == category
@@ -386,16 +386,16 @@ class CancelTracker(Generic[W]):
         return matched
 
     @staticmethod
-    def _note_open(matched: Sequence[Pending[W]], order: WireOrder) -> None:
+    def _note_open(matched: Sequence[E], order: WireOrder) -> None:
         # Non-final update: remember the newest status for diagnostics; ignore stale ones.
         try:
             updated = int(order.updated_time) if order.updated_time else 0
         except ValueError:
             updated = 0
         for entry in matched:
-            if updated >= entry.last_updated:
-                entry.last_updated = updated
-                entry.last_status = order.order_status
+            last = entry.last
+            if last is None or updated >= last[0]:
+                entry.last = (updated, order.order_status)
 
     def _result(self, final: _Final) -> CancelResult | None:
         try:
@@ -405,14 +405,14 @@ class CancelTracker(Generic[W]):
 
     # -- bulk ----------------------------------------------------------------------------------
 
-    def pending(self) -> list[Pending[W]]:
+    def pending(self) -> list[E]:
         """Every pending cancel (for a REST reconcile after a reconnect)."""
         out = self._by_id.entries()
         # An entry that learnt its order id from the ack sits in both indexes: count it once.
         out.extend(e for e in self._by_link.entries() if not e.order_id)
         return out
 
-    def fail_all(self, error: BaseException) -> list[Pending[W]]:
+    def fail_all(self, error: BaseException) -> list[E]:
         """Remove every pending cancel, set ``error`` on each and return them (close, stream lost)."""
         entries = self.pending()
         for entry in entries:

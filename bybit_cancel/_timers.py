@@ -7,7 +7,8 @@ the whole program pays for that heap. Here all cancels share at most one armed l
 
 The hot path adds two items per call: its deadline and its first grace. Calls nearly always come
 with the same timeout and the same grace, so each of these has a FIFO queue of entries (append and
-pop in O(1), no allocation: the times live on the entry). A deadline that would break the order (a
+pop in O(1), no allocation: the times live on the entry). Queued times are rounded up to the next
+millisecond, so that the calls of a burst share one float object per millisecond. A deadline that would break the order (a
 shorter timeout than the last call's) and the slow path's later waits go to a small heap. Items of
 finished calls are dropped lazily, and the queues are compacted when such stale items are the
 majority, so memory stays proportional to the calls in flight.
@@ -22,7 +23,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._core import CLOSED, Pending
 
@@ -38,11 +39,20 @@ _GRANULARITY = 0.005
 _COMPACT_MIN = 1024
 
 
-class Timers:
+E = TypeVar("E", bound=Pending)
+
+
+def _ms_up(when: float) -> float:
+    # Rounded up, never down: a deadline must not fire before the caller's timeout.
+    return math.ceil(when * 1000.0) / 1000.0
+
+
+class Timers(Generic[E]):
     """Deadlines and grace wake-ups of pending cancels, on one loop timer.
 
     ``on_due(entry, kind, payload)`` is called for an item that comes due while its entry is not
-    ``closed``: ``DEADLINE`` with the call's timeout, ``GRACE`` with the waiter to wake.
+    ``closed``: ``DEADLINE`` with the call's timeout, ``GRACE`` with the number of the wait to end
+    (0 for the first grace; ``add`` takes any payload).
     """
 
     __slots__ = (
@@ -61,46 +71,52 @@ class Timers:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        on_due: Callable[[Pending[Any], int, Any], None],
+        on_due: Callable[[E, int, Any], None],
     ) -> None:
         self._loop = loop
         self._on_due = on_due
-        self._deadlines: deque[Pending[Any]] = deque()
-        self._graces: deque[Pending[Any]] = deque()
-        self._heap: list[tuple[float, int, int, Pending[Any], Any]] = []
+        self._deadlines: deque[E] = deque()
+        self._graces: deque[E] = deque()
+        self._heap: list[tuple[float, int, int, E, Any]] = []
         self._seq = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
         self._items = 0
         self._stale = 0
 
-    def add_deadline(self, entry: Pending[Any], when: float, timeout: float) -> None:
-        """The call fails with a timeout at loop time ``when``."""
+    def add_deadline(self, entry: E, when: float, timeout: float) -> None:
+        """The call fails with a timeout at loop time ``when`` (at most 1 ms later)."""
+        when = _ms_up(when)
+        queue = self._deadlines
+        if queue and queue[-1].deadline_at == when:
+            when = queue[-1].deadline_at  # the same float object: 24 bytes less per call
         entry.deadline_at = when
         entry.timeout = timeout
-        queue = self._deadlines
         if not queue or queue[-1].deadline_at <= when:
             queue.append(entry)
             self._added(entry, when)
         else:
             self.add(when, DEADLINE, entry, timeout)
 
-    def add_grace(self, entry: Pending[Any], when: float) -> None:
-        """Wake the call's current waiter at ``when`` (once per call: the first grace)."""
-        entry.grace_at = when
+    def add_grace(self, entry: E, when: float) -> None:
+        """End the call's first wait at ``when`` (at most 1 ms later); once per call."""
+        when = _ms_up(when)
         queue = self._graces
+        if queue and queue[-1].grace_at == when:
+            when = queue[-1].grace_at
+        entry.grace_at = when
         if not queue or queue[-1].grace_at <= when:
             queue.append(entry)
             self._added(entry, when)
         else:
-            self.add(when, GRACE, entry, entry.waiter)
+            self.add(when, GRACE, entry, 0)
 
-    def add(self, when: float, kind: int, entry: Pending[Any], payload: Any) -> None:
+    def add(self, when: float, kind: int, entry: E, payload: Any) -> None:
         """Any item, at any time (the heap)."""
         heapq.heappush(self._heap, (when, next(self._seq), kind, entry, payload))
         self._added(entry, when)
 
-    def release(self, entry: Pending[Any]) -> None:
+    def release(self, entry: E) -> None:
         """The entry's call finished (``entry.closed`` is set): its items are stale."""
         # The newest call usually finishes first (always, for sequential callers): drop its items
         # from the tails at once, so finished calls are not kept alive until their deadline.
@@ -113,9 +129,9 @@ class Timers:
         if self._stale > _COMPACT_MIN and self._stale * 2 > self._items:
             self._compact()
 
-    def open_entries(self) -> list[Pending[Any]]:
+    def open_entries(self) -> list[E]:
         """The entries of calls still in flight (each has its deadline queued until it ends)."""
-        seen: dict[int, Pending[Any]] = {}
+        seen: dict[int, E] = {}
         for entry in self._deadlines:
             if not entry.closed:
                 seen[id(entry)] = entry
@@ -137,7 +153,7 @@ class Timers:
     def __len__(self) -> int:
         return self._items
 
-    def _added(self, entry: Pending[Any], when: float) -> None:
+    def _added(self, entry: E, when: float) -> None:
         entry.timer_items += 1
         self._items += 1
         if when < self._armed_at:
@@ -164,14 +180,14 @@ class Timers:
         self._handle = None
         self._armed_at = math.inf
         now = self._loop.time()
-        due: list[tuple[int, Pending[Any], Any]] = []
+        due: list[tuple[int, E, Any]] = []
         deadlines, graces, heap = self._deadlines, self._graces, self._heap
         while deadlines and deadlines[0].deadline_at <= now:
             entry = deadlines.popleft()
             due.append((DEADLINE, entry, entry.timeout))
         while graces and graces[0].grace_at <= now:
             entry = graces.popleft()
-            due.append((GRACE, entry, entry.waiter))
+            due.append((GRACE, entry, 0))
         while heap and heap[0][0] <= now:
             _, _, kind, entry, payload = heapq.heappop(heap)
             due.append((kind, entry, payload))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from decimal import Decimal
 
@@ -296,6 +297,30 @@ async def test_caller_cancellation_leaves_nothing(fx: FakeExchange) -> None:
             await task
         assert client.pending_count == 0
         assert client._tracker.pending() == []
+
+
+async def test_a_parked_caller_resumes_in_its_own_context(fx: FakeExchange) -> None:
+    """The stream task wakes the parked caller: the caller still sees its own contextvars (a
+    bot's request id, a tracing span), and cancelling it carries the cancel's message."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    slow, stuck = fx.seed_order(), fx.seed_order()
+    fx.add_fault(Fault.DELAY_PUSH, order_id=slow.order_id, delay=0.2)
+    fx.add_fault(Fault.DELAY_PUSH, order_id=stuck.order_id, delay=30.0)
+    async with make_client(fx, push_grace=30.0) as client:
+
+        async def confirm(order_id: str) -> str:
+            var.set(f"caller-{order_id}")
+            await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=order_id)
+            return var.get()
+
+        assert await asyncio.wait_for(confirm(slow.order_id), 5) == f"caller-{slow.order_id}"
+        task = asyncio.create_task(confirm(stuck.order_id))
+        # acknowledged: the caller is parked on its entry (nothing awaits between the two)
+        await wait_until(lambda: [e.acknowledged for e in client._tracker.pending()] == [True])
+        task.cancel("bot shutting down")
+        with pytest.raises(asyncio.CancelledError, match="bot shutting down"):
+            await asyncio.wait_for(task, 5)
+        assert client.pending_count == 0
 
 
 async def test_aclose_fails_pending_and_leaves_no_task(fx: FakeExchange) -> None:

@@ -14,6 +14,33 @@ from bybit_cancel._models import WireOrder, ws_decoder
 from .helpers import fixture_bytes
 
 
+class Tagged(Pending):
+    """An entry with a tag to tell it apart (the client's entries are ``_call.Call``)."""
+
+    __slots__ = ("waiter",)
+
+    def __init__(
+        self, waiter: object, category: str, symbol: str, order_id: str, order_link_id: str
+    ) -> None:
+        super().__init__(category, symbol, order_id, order_link_id)
+        self.waiter = waiter
+
+
+def register(
+    t: CancelTracker[Tagged],
+    waiter: object,
+    *,
+    category: str,
+    symbol: str,
+    order_id: str | None,
+    order_link_id: str | None,
+    now: float,
+) -> Tagged | CancelResult:
+    """Register a cancel as the client does: the link id only when there is no order id."""
+    link = "" if order_id else order_link_id or ""
+    return t.start(Tagged(waiter, category, symbol, order_id or "", link), now=now)
+
+
 def order(
     order_id: str = "o1",
     status: str = "Cancelled",
@@ -39,15 +66,15 @@ def order(
 
 
 def start(
-    t: CancelTracker[str],
+    t: CancelTracker[Tagged],
     waiter: str = "w1",
     *,
     oid: str | None = "o1",
     link: str | None = None,
     category: str = "linear",
-) -> Pending[str]:
-    got = t.start(
-        waiter, category=category, symbol="BTCUSDT", order_id=oid, order_link_id=link, now=0.0
+) -> Tagged:
+    got = register(
+        t, waiter, category=category, symbol="BTCUSDT", order_id=oid, order_link_id=link, now=0.0
     )
     assert isinstance(got, Pending)
     return got
@@ -55,11 +82,12 @@ def start(
 
 def test_push_resolves_by_order_id() -> None:
     """A final push for a pending order id resolves it, with the push's fields."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     entry = start(t)
     [done] = t.on_orders([order(cum="0.5", leaves="0")], "websocket", 1.0)
     assert done is entry and done.waiter == "w1"
-    assert done.result == CancelResult(
+    assert done.outcome  # always true: the client returns `_outcome(entry) or <slow path>`
+    assert done.outcome == CancelResult(
         order_id="o1",
         order_link_id="",
         category="linear",
@@ -77,16 +105,16 @@ def test_push_resolves_by_order_id() -> None:
 
 def test_push_resolves_by_link_id_when_only_link_given() -> None:
     """A caller that gave only orderLinkId is matched by it, even before the ack names the id."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     start(t, oid=None, link="my-link")
     [done] = t.on_orders([order("o9", link="my-link")], "websocket", 1.0)
-    assert done.result is not None and done.result.order_id == "o9"
+    assert done.outcome is not None and done.outcome.order_id == "o9"
     assert len(t) == 0
 
 
 def test_link_id_match_checks_category() -> None:
     """The same orderLinkId in another category does not resolve the cancel."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     start(t, oid=None, link="my-link")
     assert t.on_orders([order("o9", link="my-link", category="spot")], "websocket", 1.0) == []
     assert len(t) == 1
@@ -94,7 +122,7 @@ def test_link_id_match_checks_category() -> None:
 
 def test_ack_links_order_id() -> None:
     """After the ack names the order id, a push matched by id alone resolves the link-only cancel."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     entry = start(t, oid=None, link="L")
     assert t.acknowledge(entry, order_id="o7", order_link_id="L", now=0.5) is None
     [done] = t.on_orders([order("o7", link="")], "websocket", 1.0)
@@ -104,7 +132,7 @@ def test_ack_links_order_id() -> None:
 
 def test_non_final_updates_do_not_resolve_and_track_last_status() -> None:
     """New, PartiallyFilled, Untriggered, Triggered and unknown statuses are not final."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     entry = start(t)
     for i, status in enumerate(
         ["New", "PartiallyFilled", "Untriggered", "Triggered", "PendingCancel"]
@@ -116,7 +144,7 @@ def test_non_final_updates_do_not_resolve_and_track_last_status() -> None:
 
 def test_stale_open_update_is_ignored() -> None:
     """An open update older than the last seen one does not overwrite it."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     entry = start(t)
     t.on_orders([order(status="PartiallyFilled", updated="2000")], "websocket", 1.0)
     t.on_orders([order(status="New", updated="1000")], "websocket", 1.0)
@@ -128,18 +156,18 @@ def test_stale_open_update_is_ignored() -> None:
 )
 def test_every_final_status_resolves(status: str) -> None:
     """Each of Bybit's five final statuses resolves the pending cancel."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     start(t)
     [done] = t.on_orders([order(status=status)], "websocket", 1.0)
-    assert done.result is not None and done.result.status == status
-    assert done.result.cancelled is (
+    assert done.outcome is not None and done.outcome.status == status
+    assert done.outcome.cancelled is (
         status in {"Cancelled", "PartiallyFilledCanceled", "Deactivated"}
     )
 
 
 def test_final_state_is_sticky_double_filled() -> None:
     """Bybit's second Filled (EC_OrigClOrdIDDoesNotExist) and later pushes change nothing."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     start(t)
     t.on_orders([order(status="Filled", updated="1000")], "websocket", 1.0)
     second = order(status="Filled", updated="1001")
@@ -147,8 +175,8 @@ def test_final_state_is_sticky_double_filled() -> None:
     t.on_orders([second], "websocket", 1.1)
     t.on_orders([order(status="New", updated="999")], "websocket", 1.2)
     # A new cancel for the same order resolves at once from memory, with the first final state.
-    got = t.start(
-        "w2", category="linear", symbol="BTCUSDT", order_id="o1", order_link_id=None, now=2
+    got = register(
+        t, "w2", category="linear", symbol="BTCUSDT", order_id="o1", order_link_id=None, now=2
     )
     assert isinstance(got, CancelResult)
     assert got.status is OrderStatus.FILLED and got.reject_reason == "EC_PerCancelRequest"
@@ -157,13 +185,13 @@ def test_final_state_is_sticky_double_filled() -> None:
 
 def test_push_before_registration_is_remembered() -> None:
     """A final push that arrived before the cancel was registered resolves it at once."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     t.on_orders([order("o5", link="L5")], "websocket", 1.0)
-    by_id = t.start(
-        "w", category="linear", symbol="BTCUSDT", order_id="o5", order_link_id=None, now=2
+    by_id = register(
+        t, "w", category="linear", symbol="BTCUSDT", order_id="o5", order_link_id=None, now=2
     )
-    by_link = t.start(
-        "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L5", now=2
+    by_link = register(
+        t, "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L5", now=2
     )
     assert isinstance(by_id, CancelResult) and isinstance(by_link, CancelResult)
     assert len(t) == 0
@@ -171,7 +199,7 @@ def test_push_before_registration_is_remembered() -> None:
 
 def test_push_before_ack_resolves_on_acknowledge() -> None:
     """A link-only cancel whose push was remembered under the id resolves when the ack names it."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     entry = start(t, oid=None, link="Lx")
     # the push carries no link id (e.g. a REST object): only the id is known
     t.on_orders([order("ox", link="")], "websocket", 1.0)
@@ -183,7 +211,7 @@ def test_push_before_ack_resolves_on_acknowledge() -> None:
 
 def test_several_orders_in_one_push() -> None:
     """One push with several orders resolves each pending cancel."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     start(t, "a", oid="o1")
     start(t, "b", oid="o2")
     start(t, "c", oid="o3")
@@ -194,7 +222,7 @@ def test_several_orders_in_one_push() -> None:
 
 def test_two_cancels_of_one_order_both_resolve() -> None:
     """Two concurrent cancels of the same order are both resolved by its push."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     start(t, "a")
     start(t, "b")
     assert len(t) == 2
@@ -205,7 +233,7 @@ def test_two_cancels_of_one_order_both_resolve() -> None:
 
 def test_forget_removes_one_of_two() -> None:
     """Forgetting one of two cancels of the same order leaves the other pending; forget is idempotent."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     a = start(t, "a")
     start(t, "b")
     t.forget(a)
@@ -217,7 +245,7 @@ def test_forget_removes_one_of_two() -> None:
 
 def test_forget_link_only_after_ack() -> None:
     """A link-only entry that learnt its id sits in both indexes and is removed from both."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     e = start(t, oid=None, link="L")
     t.acknowledge(e, order_id="o1", order_link_id="L", now=0)
     assert len(t.pending()) == 1
@@ -228,7 +256,7 @@ def test_forget_link_only_after_ack() -> None:
 
 def test_fail_all_returns_every_entry_with_error() -> None:
     """fail_all empties the tracker and marks each entry with the error."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     entries = [start(t, str(i), oid=f"o{i}") for i in range(3)]
     entries.append(start(t, "L", oid=None, link="L"))
     err = RuntimeError("closed")
@@ -244,7 +272,7 @@ def test_fail_all_returns_every_entry_with_error() -> None:
 def test_recent_memory_bounded_by_size_and_age() -> None:
     """The memory of final states is trimmed to recent_size entries (it may run over by a small
     batch between trims); a state older than recent_age is not answered, and inserts trim it."""
-    t: CancelTracker[str] = CancelTracker(recent_size=3, recent_age=10.0)
+    t: CancelTracker[Tagged] = CancelTracker(recent_size=3, recent_age=10.0)
     for i in range(5):
         t.on_orders([order(f"o{i}", link=f"L{i}")], "websocket", float(i))
     assert t.remembered == 5  # within one batch of the bound: not trimmed yet
@@ -252,20 +280,28 @@ def test_recent_memory_bounded_by_size_and_age() -> None:
         t.on_orders([order(f"o{i}", link=f"L{i}")], "websocket", 4.0)
     assert 3 <= t.remembered < 3 + 256  # over the bound by a batch: trimmed
     assert isinstance(
-        t.start(
-            "w", category="linear", symbol="BTCUSDT", order_id="o260", order_link_id=None, now=5
+        register(
+            t, "w", category="linear", symbol="BTCUSDT", order_id="o260", order_link_id=None, now=5
         ),
         CancelResult,
     )
     # o0 was evicted by size: a cancel for it is pending, not answered from memory
     assert isinstance(
-        t.start("w", category="linear", symbol="BTCUSDT", order_id="o0", order_link_id=None, now=5),
+        register(
+            t, "w", category="linear", symbol="BTCUSDT", order_id="o0", order_link_id=None, now=5
+        ),
         Pending,
     )
     # past the age bound, nothing is answered from memory, and the next insert trims it all
     assert isinstance(
-        t.start(
-            "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L260", now=100
+        register(
+            t,
+            "w",
+            category="linear",
+            symbol="BTCUSDT",
+            order_id=None,
+            order_link_id="L260",
+            now=100,
         ),
         Pending,
     )
@@ -277,15 +313,15 @@ def test_recent_memory_bounded_by_size_and_age() -> None:
 
 def test_rest_source_is_reported() -> None:
     """A state learnt from a REST lookup says so."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     start(t)
     [done] = t.on_orders([order()], "rest", 1.0)
-    assert done.result is not None and done.result.source == "rest"
+    assert done.outcome is not None and done.outcome.source == "rest"
 
 
 def test_fixture_push_with_two_orders() -> None:
     """Bybit's real push of a Deactivated stop and a Filled order resolves both cancels."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     msg = ws_decoder.decode(
         fixture_bytes("ws-private/order.push.linear-trailing-stop-deactivated-with-fill.json")
     )
@@ -293,19 +329,19 @@ def test_fixture_push_with_two_orders() -> None:
     for o in msg.data:
         start(t, o.order_status, oid=o.order_id)
     done = t.on_orders(msg.data, "websocket", 1.0)
-    statuses = sorted(e.result.status for e in done if e.result is not None)
+    statuses = sorted(e.outcome.status for e in done if e.outcome is not None)
     assert statuses == [OrderStatus.DEACTIVATED, OrderStatus.FILLED]
 
 
 def test_option_empty_leaves_qty_is_none() -> None:
     """Options send leavesQty "" after a fill: the result says None, not zero."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     msg = ws_decoder.decode(fixture_bytes("ws-private/order.push.option-filled.json"))
     assert msg.data is not None
     start(t, oid=msg.data[0].order_id, category="option")
     [done] = t.on_orders(msg.data, "websocket", 1.0)
-    assert done.result is not None
-    assert done.result.leaves_qty is None and done.result.cum_exec_qty == Decimal("1")
+    assert done.outcome is not None
+    assert done.outcome.leaves_qty is None and done.outcome.cum_exec_qty == Decimal("1")
 
 
 def test_bad_bounds_rejected() -> None:
@@ -315,7 +351,7 @@ def test_bad_bounds_rejected() -> None:
 
 def test_order_id_match_checks_category() -> None:
     """A push for order X in another category does not resolve a cancel of X in this one."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     start(t, oid="X", category="spot")
     assert t.on_orders([order("X", category="linear")], "websocket", 1.0) == []
     assert len(t) == 1
@@ -323,7 +359,7 @@ def test_order_id_match_checks_category() -> None:
 
 def test_same_link_id_in_two_categories() -> None:
     """orderLinkId is unique per category: spot and linear cancels of "grid-17" stay apart."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     spot = start(t, "spot", oid=None, link="grid-17", category="spot")
     lin = start(t, "linear", oid=None, link="grid-17", category="linear")
     t.acknowledge(lin, order_id="Y", order_link_id="grid-17", now=0.1)
@@ -331,15 +367,15 @@ def test_same_link_id_in_two_categories() -> None:
     assert done is lin
     assert len(t) == 1 and t.pending() == [spot]
     # the memory of final states is per category too
-    got = t.start(
-        "s2", category="spot", symbol="BTCUSDT", order_id=None, order_link_id="grid-17", now=2
+    got = register(
+        t, "s2", category="spot", symbol="BTCUSDT", order_id=None, order_link_id="grid-17", now=2
     )
     assert isinstance(got, Pending)
 
 
 def test_two_link_cancels_acked_out_of_order() -> None:
     """Two cancels by the same link id whose acks arrive in either order: no cycle, no leak."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     a = start(t, "a", oid=None, link="L")
     b = start(t, "b", oid=None, link="L")
     t.acknowledge(b, order_id="X", order_link_id="L", now=0.1)
@@ -353,7 +389,7 @@ def test_two_link_cancels_acked_out_of_order() -> None:
 
 def test_mixed_id_and_link_cancels_of_one_order() -> None:
     """One caller cancels by id, another by link id; forgetting one leaves the other intact."""
-    t: CancelTracker[str] = CancelTracker()
+    t: CancelTracker[Tagged] = CancelTracker()
     c = start(t, "c", oid="X")
     b = start(t, "b", oid=None, link="L")
     t.acknowledge(b, order_id="X", order_link_id="L", now=0.1)
@@ -368,8 +404,8 @@ def test_random_sequences_keep_the_books_consistent() -> None:
     the count matches, and nothing is left behind."""
     rng = random.Random(20261122)
     for _ in range(300):
-        t: CancelTracker[int] = CancelTracker(recent_size=50)
-        live: dict[int, Pending[int]] = {}
+        t: CancelTracker[Tagged] = CancelTracker(recent_size=50)
+        live: dict[int, Tagged] = {}
         n = 0
         for _step in range(40):
             op = rng.random()
@@ -378,7 +414,8 @@ def test_random_sequences_keep_the_books_consistent() -> None:
             cat = rng.choice(["linear", "spot"])
             if op < 0.35:
                 by_id = rng.random() < 0.5
-                got = t.start(
+                got = register(
+                    t,
                     n,
                     category=cat,
                     symbol="S",
@@ -401,7 +438,7 @@ def test_random_sequences_keep_the_books_consistent() -> None:
                 for e in t.on_orders(
                     [order(oid, status=status, link=link, category=cat)], "websocket", float(_step)
                 ):
-                    assert e.result is not None and e.category == cat
+                    assert e.outcome is not None and e.category == cat
                     assert e.waiter in live
                     del live[e.waiter]
             elif live:
@@ -419,7 +456,7 @@ def test_random_sequences_keep_the_books_consistent() -> None:
 def test_memory_of_final_states_stays_bounded_under_a_stream_of_pushes() -> None:
     """50,000 final pushes for orders nobody waits for: the memory never exceeds the bound by more
     than one batch."""
-    t: CancelTracker[str] = CancelTracker(recent_size=1000, recent_age=600.0)
+    t: CancelTracker[Tagged] = CancelTracker(recent_size=1000, recent_age=600.0)
     peak = 0
     for i in range(50_000):
         # every third one with a link id: the link table is trimmed with the memory
@@ -428,19 +465,19 @@ def test_memory_of_final_states_stays_bounded_under_a_stream_of_pushes() -> None
     assert 1000 <= peak <= 1000 + 256 + 1
     assert len(t._recent_link) <= t.remembered // 3 + 1
     # the newest are answered from memory by link id too; the evicted ones are not
-    newest = t.start(
-        "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L49998", now=2
+    newest = register(
+        t, "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L49998", now=2
     )
     assert isinstance(newest, CancelResult) and newest.order_id == "x49998"
-    evicted = t.start(
-        "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L3", now=2
+    evicted = register(
+        t, "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="L3", now=2
     )
     assert isinstance(evicted, Pending)
 
 
 def test_entry_flags_are_independent() -> None:
     """The entry's four flags share one int: setting or clearing one leaves the others alone."""
-    entry: Pending[str] = Pending("w", "linear", "BTCUSDT", "o1", "")
+    entry = Tagged("w", "linear", "BTCUSDT", "o1", "")
     names = ("acknowledged", "closed", "linked", "interrupted")
     assert not any(getattr(entry, n) for n in names)
     for k, name in enumerate(names):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from bybit_cancel._core import Pending
 from bybit_cancel._timers import DEADLINE, GRACE, Timers
 
 
-def entry(name: str) -> Pending[Any]:
-    return Pending(None, "linear", "BTCUSDT", name, "")
+def entry(name: str) -> Pending:
+    return Pending("linear", "BTCUSDT", name, "")
 
 
 async def test_items_fire_in_time_order_on_one_handle() -> None:
@@ -18,7 +20,7 @@ async def test_items_fire_in_time_order_on_one_handle() -> None:
     fired: list[tuple[str, int, Any]] = []
     done = asyncio.Event()
 
-    def on_due(e: Pending[Any], kind: int, payload: Any) -> None:
+    def on_due(e: Pending, kind: int, payload: Any) -> None:
         fired.append((e.order_id, kind, payload))
         if len(fired) == 4:
             done.set()
@@ -33,6 +35,7 @@ async def test_items_fire_in_time_order_on_one_handle() -> None:
     assert len(timers) == 4
     await asyncio.wait_for(done.wait(), 2)
     assert [f[0] for f in fired] == ["c", "b", "a", "a"]
+    assert fired[0] == ("c", GRACE, 0)  # the first grace: wait number 0
     assert fired[1] == ("b", DEADLINE, 0.02)
     assert fired[2] == ("a", GRACE, "payload")
     assert len(timers) == 0 and a.timer_items == b.timer_items == c.timer_items == 0
@@ -86,3 +89,37 @@ async def test_a_finished_newest_call_leaves_nothing_behind() -> None:
         timers.release(e)
         assert len(timers) == 0 and e.timer_items == 0
     timers.close()
+
+
+async def test_queued_times_round_up_to_the_millisecond_and_share_one_float() -> None:
+    """A burst's calls in the same millisecond share one float per queue (memory per pending);
+    a deadline is rounded up, never down: it may not fire before the caller's timeout."""
+    loop = asyncio.get_running_loop()
+    timers = Timers(loop, lambda e, k, p: None)
+    base = 1000.0
+    calls = [entry(str(i)) for i in range(5)]
+    for i, e in enumerate(calls[:4]):
+        timers.add_deadline(e, base + 0.0101 + i * 0.0001, 10.0)  # all within (1000.010, 1000.011]
+        timers.add_grace(e, base + 0.0051 + i * 0.0001)
+    timers.add_deadline(calls[4], base + 0.0121, 10.0)
+    assert calls[0].deadline_at == pytest.approx(base + 0.011)
+    assert calls[0].deadline_at >= base + 0.0104
+    assert all(e.deadline_at is calls[0].deadline_at for e in calls[:4])
+    assert all(e.grace_at is calls[0].grace_at for e in calls[:4])
+    assert calls[4].deadline_at == pytest.approx(base + 0.013)
+    timers.close()
+
+
+async def test_the_first_grace_names_the_first_wait() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[int, Any]] = []
+    done = asyncio.Event()
+
+    def on_due(e: Pending, kind: int, payload: Any) -> None:
+        fired.append((kind, payload))
+        done.set()
+
+    timers = Timers(loop, on_due)
+    timers.add_grace(entry("a"), loop.time() + 0.005)
+    await asyncio.wait_for(done.wait(), 2)
+    assert fired == [(GRACE, 0)]

@@ -1,0 +1,163 @@
+"""The awaitable entry (``_call.Call``): asyncio's Task must treat it exactly as a Future.
+
+Each test runs with the C Task and with asyncio's pure-Python Task, whose code paths for a
+Future-compatible object differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from bybit_cancel._call import Call
+
+TaskFactory = Callable[[Coroutine[Any, Any, Any]], "asyncio.Future[Any]"]
+
+
+def _c_task(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_task(coro)
+
+
+def _py_task(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+    py_task = asyncio.tasks._PyTask  # type: ignore[attr-defined]
+    return py_task(coro, loop=asyncio.get_running_loop())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=[_c_task, _py_task], ids=["c-task", "py-task"])
+def spawn(request: pytest.FixtureRequest) -> TaskFactory:
+    return request.param  # type: ignore[no-any-return]
+
+
+def make_call() -> Call:
+    return Call(asyncio.get_running_loop(), "linear", "BTCUSDT", "o1", "")
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_a_task_waits_until_woken(spawn: TaskFactory) -> None:
+    call = make_call()
+    assert asyncio.isfuture(call) and iter(call) is call  # its own iterator: no generator
+
+    async def waiter() -> str:
+        await call
+        return "resumed"
+
+    task = spawn(waiter())
+    await settle()
+    assert not task.done() and not call.done()
+    call.wake()
+    call.wake()  # a second wake-up changes nothing
+    assert await asyncio.wait_for(task, 2) == "resumed"
+    assert call.done() and not call.cancelled()
+
+
+async def test_awaiting_an_ended_wait_returns_at_once(spawn: TaskFactory) -> None:
+    call = make_call()
+    call.wake()
+    suspended: list[bool] = []
+
+    async def waiter() -> None:
+        await call
+        suspended.append(False)
+
+    task = spawn(waiter())
+    await asyncio.sleep(0)  # one step of the task: it must finish without yielding
+    assert task.done() and suspended == [False]
+
+
+async def test_the_waiting_task_keeps_its_context(spawn: TaskFactory) -> None:
+    """Resumed with its own contextvars, not those of whoever woke it (the stream task)."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    call = make_call()
+
+    async def waiter() -> str:
+        var.set("caller")
+        await call
+        return var.get()
+
+    async def waker() -> None:
+        var.set("stream")
+        call.wake()
+
+    task = spawn(waiter())
+    await settle()
+    await asyncio.get_running_loop().create_task(waker())
+    assert await asyncio.wait_for(task, 2) == "caller"
+
+
+async def test_cancelling_the_waiting_task(spawn: TaskFactory) -> None:
+    call = make_call()
+    reached: list[str] = []
+
+    async def waiter() -> None:
+        try:
+            await call
+        except asyncio.CancelledError as exc:
+            reached.append(str(exc.args[0]) if exc.args else "")
+            raise
+
+    task = spawn(waiter())
+    await settle()
+    task.cancel("shutting down")
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert reached == ["shutting down"]  # the cancel's message is kept, as with a Future
+    assert call.cancelled() and call.done() and not call.cancel()
+    call.wake()  # too late: nothing happens
+
+
+async def test_waits_are_numbered(spawn: TaskFactory) -> None:
+    """The slow path waits again on the same entry: rearm starts wait 1, 2, ..."""
+    call = make_call()
+    ends: list[int] = []
+
+    async def waiter() -> None:
+        for _ in range(3):
+            if call.done():
+                call.rearm()
+            await call
+            ends.append(call.wait)
+
+    task = spawn(waiter())
+    for expected in range(3):
+        await settle()
+        assert call.wait == expected and not call.done()
+        call.wake()
+    await asyncio.wait_for(task, 2)
+    assert ends == [0, 1, 2]
+
+
+async def test_one_callback_at_a_time() -> None:
+    loop = asyncio.get_running_loop()
+    call = make_call()
+    seen: list[Call] = []
+    call.add_done_callback(seen.append)
+    with pytest.raises(RuntimeError):
+        call.add_done_callback(seen.append)
+    assert call.remove_done_callback(seen.append) == 1
+    assert call.remove_done_callback(seen.append) == 0
+    call.wake()
+    call.add_done_callback(seen.append)  # already ended: scheduled at once, as with a Future
+    await settle()
+    assert seen == [call] and call.get_loop() is loop
+    assert call.result() is None and call.exception() is None
+
+
+async def test_result_before_the_end_is_an_error() -> None:
+    with pytest.raises(asyncio.InvalidStateError):
+        make_call().result()
+
+
+async def test_finish_drops_the_waiter() -> None:
+    call = make_call()
+    call.add_done_callback(lambda _c: None)
+    call.finish()
+    assert call.done() and call._callback is None and call._context is None
+    call.wake()  # a late push or timer: nothing to do
