@@ -80,13 +80,16 @@ async def chaos(n: int, rate: float, seed: int, timeout: float) -> bool:
         async def one(i: int) -> None:
             nonlocal hung
             o = orders[i]
-            ident = {"order_id": o.order_id} if i % 2 else {"order_link_id": o.order_link_id}
             t0 = time.perf_counter()
             try:
                 # The outer bound only detects a hang; the call's own timeout must fire first.
                 outcomes[i] = await asyncio.wait_for(
                     client.cancel_order(
-                        category=o.category, symbol=o.symbol, timeout=timeout, **ident
+                        category=o.category,
+                        symbol=o.symbol,
+                        order_id=o.order_id if i % 2 else None,
+                        order_link_id=None if i % 2 else o.order_link_id,
+                        timeout=timeout,
                     ),
                     timeout + 5,
                 )

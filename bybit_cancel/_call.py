@@ -54,7 +54,7 @@ class Call(Pending):
         self._loop = loop
         self._callback: _Callback | None = None
         # The awaiting task's context while it waits; after a cancel, the cancel's message.
-        self._context: contextvars.Context | str | None = None
+        self._context: object = None
 
     # -- for bybit_cancel ----------------------------------------------------------------------
 
@@ -83,8 +83,11 @@ class Call(Pending):
 
     def finish(self) -> None:
         """The call has returned: later wake-ups do nothing, and nothing is kept alive."""
+        if self._callback is not None:
+            # Still awaited: the coroutine was closed while parked (coro.close()). End the wait
+            # as a cancel does, so that its Task finishes instead of waiting forever.
+            self.cancel()
         self._flags |= DONE
-        self._callback = None
         self._context = None
 
     # -- the Future protocol, as asyncio.Task uses it ------------------------------------------
@@ -130,7 +133,7 @@ class Call(Pending):
             return False
         self._flags |= CANCELLED
         self.wake()
-        self._context = None if msg is None else str(msg)
+        self._context = msg  # (the context slot is free once the wait has ended)
         return True
 
     def result(self) -> None:
@@ -158,5 +161,6 @@ class Call(Pending):
         raise StopIteration
 
     def _cancelled_error(self) -> asyncio.CancelledError:
+        # As asyncio.Future does: the message, if the cancel gave one, is the only argument.
         msg = self._context
-        return asyncio.CancelledError() if not isinstance(msg, str) else asyncio.CancelledError(msg)
+        return asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)

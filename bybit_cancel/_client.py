@@ -458,23 +458,25 @@ class BybitCancelClient:
         timers.add_grace(entry, loop.time() + self._push_grace)
 
     def _after_interrupt(self, entry: Call) -> CancelResult:
-        """The caller was cancelled (called while that CancelledError is handled). If we did it
-        (the deadline, or aclose()), take that cancellation back and return the outcome (the
+        """The caller was cancelled (called inside the ``except CancelledError`` block). If we did
+        it (the deadline, or aclose()), take that cancellation back and return the outcome (the
         final state if one arrived meanwhile, else raise the promised error); otherwise re-raise
         the cancellation."""
-        cancelled = sys.exception()
-        assert isinstance(cancelled, asyncio.CancelledError)
+        # Bare `raise` below: the cancellation is not bound to a name, so this frame (which the
+        # traceback keeps) does not hold it, and no reference cycle outlives the call.
         task = asyncio.current_task()
         if not entry.interrupted or task is None:
-            raise cancelled
+            raise
         entry.interrupted = False
-        if task.uncancel() != 0:
-            raise cancelled  # cancelled by someone else too
+        taken_back = task.uncancel() == 0  # not if someone else cancelled the caller too
+        del task
+        if not taken_back:
+            raise
         if entry.error is not None:
             raise _fresh(entry.error) from None
         outcome = self._outcome(entry)
         if outcome is None:
-            raise cancelled
+            raise
         return outcome
 
     def _end(self, entry: Call) -> None:

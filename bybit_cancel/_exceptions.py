@@ -16,6 +16,8 @@ Messages never contain the API secret or a signature.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AuthenticationError",
     "BybitAPIError",
@@ -85,6 +87,22 @@ class TransportError(BybitError):
     """The network failed: connection refused or reset, or the HTTP request timed out."""
 
 
+def _confirmation_timeout(
+    order_id: str | None,
+    order_link_id: str | None,
+    last_status: str | None,
+    acknowledged: bool,
+    timeout: float,
+) -> ConfirmationTimeout:
+    return ConfirmationTimeout(
+        order_id=order_id,
+        order_link_id=order_link_id,
+        last_status=last_status,
+        acknowledged=acknowledged,
+        timeout=timeout,
+    )
+
+
 class ClientClosedError(BybitError):
     """The client was closed (or lost its stream for good) while the call was pending."""
 
@@ -116,6 +134,14 @@ class ConfirmationTimeout(BybitError, TimeoutError):
         self.last_status = last_status
         self.acknowledged = acknowledged
         self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The arguments are keyword-only, so the default (cls(*self.args)) cannot rebuild it:
+        # copy.copy and pickle use this. (The client raises a copy per caller.)
+        return (
+            _confirmation_timeout,
+            (self.order_id, self.order_link_id, self.last_status, self.acknowledged, self.timeout),
+        )
 
     def __str__(self) -> str:
         ident = self.order_id or self.order_link_id

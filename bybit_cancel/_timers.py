@@ -43,8 +43,11 @@ E = TypeVar("E", bound=Pending)
 
 
 def _ms_up(when: float) -> float:
-    # Rounded up, never down: a deadline must not fire before the caller's timeout.
-    return math.ceil(when * 1000.0) / 1000.0
+    # Rounded up, never down: a deadline must not fire before the caller's timeout. (k / 1000
+    # can come out one float step below `when` when `when` sits just above a millisecond.)
+    k = math.ceil(when * 1000.0)
+    up = k / 1000.0
+    return up if up >= when else (k + 1) / 1000.0
 
 
 class Timers(Generic[E]):

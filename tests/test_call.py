@@ -147,7 +147,8 @@ async def test_one_callback_at_a_time() -> None:
     call.add_done_callback(seen.append)  # already ended: scheduled at once, as with a Future
     await settle()
     assert seen == [call] and call.get_loop() is loop
-    assert call.result() is None and call.exception() is None
+    call.result()  # does not raise once the wait has ended
+    assert call.exception() is None
 
 
 async def test_result_before_the_end_is_an_error() -> None:
@@ -161,3 +162,39 @@ async def test_finish_drops_the_waiter() -> None:
     call.finish()
     assert call.done() and call._callback is None and call._context is None
     call.wake()  # a late push or timer: nothing to do
+
+
+async def test_a_cancel_message_is_kept_as_given(spawn: TaskFactory) -> None:
+    """Not turned into a string: Task.cancel(msg) accepts any object, as a Future keeps it."""
+    call = make_call()
+
+    async def waiter() -> None:
+        await call
+
+    task = spawn(waiter())
+    await settle()
+    task.cancel(123)
+    with pytest.raises(asyncio.CancelledError) as caught:
+        await asyncio.wait_for(task, 2)
+    assert caught.value.args == (123,)
+
+
+async def test_closing_the_coroutine_while_parked_ends_its_task(spawn: TaskFactory) -> None:
+    """A misuse (coro.close() under a running Task), but the Task must still finish: the entry's
+    finish() (run by the coroutine's finally) ends the wait instead of dropping the wake-up."""
+    call = make_call()
+
+    async def waiter() -> None:
+        try:
+            await call
+        finally:
+            call.finish()
+
+    coro = waiter()
+    task = spawn(coro)
+    await settle()
+    coro.close()
+    # The Task wakes and finds its coroutine closed (asyncio says so with a RuntimeError).
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+        await asyncio.wait_for(task, 2)
+    assert call._callback is None and call._context is None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import logging
+import types
 from decimal import Decimal
 
 import aiohttp
@@ -321,6 +323,55 @@ async def test_a_parked_caller_resumes_in_its_own_context(fx: FakeExchange) -> N
         with pytest.raises(asyncio.CancelledError, match="bot shutting down"):
             await asyncio.wait_for(task, 5)
         assert client.pending_count == 0
+
+
+async def test_cancelled_and_timed_out_calls_leave_no_reference_cycle(fx: FakeExchange) -> None:
+    """A cancelled caller, and one whose deadline fired, leave nothing for the cycle collector:
+    no cycle through the raised error's traceback (error -> frame -> error) keeps the entry,
+    the caller's task or the client alive until a collection."""
+    from bybit_cancel._call import Call
+
+    orders = [fx.seed_order() for _ in range(4)]
+    for o in orders:
+        fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=30.0)
+    async with make_client(fx, push_grace=30.0) as client:
+        gc.collect()
+        gc.disable()
+        try:
+            tasks = [
+                asyncio.create_task(
+                    client.cancel_order(
+                        category="linear",
+                        symbol="BTCUSDT",
+                        order_id=o.order_id,
+                        timeout=0.3 if i % 2 else 30.0,
+                    )
+                )
+                for i, o in enumerate(orders)
+            ]
+            await wait_until(lambda: sum(e.acknowledged for e in client._tracker.pending()) == 4)
+            for t in tasks[::2]:
+                t.cancel()
+            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+            assert [type(r) for r in results] == [asyncio.CancelledError, ConfirmationTimeout] * 2
+            del tasks, results, t
+            gc.set_debug(gc.DEBUG_SAVEALL)  # keep what a collection finds, to look at it
+            gc.collect()
+            found = [
+                o
+                for o in gc.garbage
+                if isinstance(o, Call | asyncio.Task | BaseException)
+                or (isinstance(o, types.FrameType) and "bybit_cancel" in o.f_code.co_filename)
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        print(
+            "FOUND",
+            [(type(o).__name__, getattr(getattr(o, "f_code", None), "co_name", "")) for o in found],
+        )
+        assert found == []
 
 
 async def test_aclose_fails_pending_and_leaves_no_task(fx: FakeExchange) -> None:

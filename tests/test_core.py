@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ class Tagged(Pending):
     __slots__ = ("waiter",)
 
     def __init__(
-        self, waiter: object, category: str, symbol: str, order_id: str, order_link_id: str
+        self, waiter: Any, category: str, symbol: str, order_id: str, order_link_id: str
     ) -> None:
         super().__init__(category, symbol, order_id, order_link_id)
         self.waiter = waiter
@@ -28,7 +29,7 @@ class Tagged(Pending):
 
 def register(
     t: CancelTracker[Tagged],
-    waiter: object,
+    waiter: Any,
     *,
     category: str,
     symbol: str,

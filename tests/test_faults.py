@@ -18,6 +18,7 @@ from bybit_cancel import (
     AuthenticationError,
     BybitCancelClient,
     BybitError,
+    CancelResult,
     ClientClosedError,
     ConfirmationTimeout,
     ConnectionState,
@@ -367,9 +368,12 @@ async def test_seeded_chaos_200_concurrent(
 
         async def one(i: int):  # type: ignore[no-untyped-def]
             o = orders[i]
-            kw = {"order_id": o.order_id} if i % 2 else {"order_link_id": o.order_link_id}
             return await client.cancel_order(
-                category=o.category, symbol="BTCUSDT", timeout=15, **kw
+                category=o.category,
+                symbol="BTCUSDT",
+                order_id=o.order_id if i % 2 else None,
+                order_link_id=None if i % 2 else o.order_link_id,
+                timeout=15,
             )
 
         results = await asyncio.wait_for(
@@ -379,6 +383,7 @@ async def test_seeded_chaos_200_concurrent(
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
     for o, r in zip(orders, results, strict=True):
+        assert isinstance(r, CancelResult)
         truth = fx.order(o.order_id)
         assert r.order_id == o.order_id
         assert r.status == truth.status, (
@@ -405,7 +410,7 @@ async def test_failed_lookup_is_not_taken_for_not_found(
         real = rest.find_order
         calls = 0
 
-        async def flaky(**kw):  # type: ignore[no-untyped-def]
+        async def flaky(**kw):
             nonlocal calls
             calls += 1
             if calls == 1:
@@ -429,7 +434,7 @@ async def test_failed_lookup_after_ack_keeps_waiting(
         real = rest.find_order
         calls = 0
 
-        async def flaky(**kw):  # type: ignore[no-untyped-def]
+        async def flaky(**kw):
             nonlocal calls
             calls += 1
             if calls <= 2:

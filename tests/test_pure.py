@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import pickle
@@ -17,6 +18,8 @@ from bybit_cancel import (
     BybitAPIError,
     BybitError,
     ConfirmationTimeout,
+    HTTPStatusError,
+    OrderNotFound,
     OrderStatus,
 )
 from bybit_cancel._client import validate_cancel
@@ -208,6 +211,26 @@ def test_exception_tree() -> None:
 
 
 @pytest.mark.parametrize(
+    "exc",
+    [
+        ConfirmationTimeout(
+            order_id="o", order_link_id="L", last_status="New", acknowledged=True, timeout=2
+        ),
+        BybitAPIError(10001, "params error"),
+        OrderNotFound(110001, "order not exists or too late to cancel"),
+        HTTPStatusError(502, "bad gateway"),
+    ],
+)
+def test_errors_copy_and_pickle(exc: Exception) -> None:
+    """The client raises a copy of a shared error per caller (a shared one would grow one
+    traceback, and keep every caller's frames alive): every error must copy, keyword-only
+    constructors included."""
+    for clone in (copy.copy(exc), pickle.loads(pickle.dumps(exc))):
+        assert type(clone) is type(exc) and clone is not exc
+        assert vars(clone) == vars(exc) and str(clone) == str(exc) and clone.args == exc.args
+
+
+@pytest.mark.parametrize(
     ("code", "cls"),
     [
         (10003, AuthenticationError),
@@ -260,8 +283,8 @@ def test_bad_input(change: dict[str, object], match: str) -> None:
 
 def test_body_built_in_bybit_names() -> None:
     body = validate_cancel(
-        **{**GOOD, "category": "spot", "order_link_id": "L-1", "order_filter": "tpslOrder"}
-    )  # type: ignore[arg-type]
+        **{**GOOD, "category": "spot", "order_link_id": "L-1", "order_filter": "tpslOrder"}  # type: ignore[arg-type]
+    )
     assert body == {
         "category": "spot",
         "symbol": "BTCUSDT",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 from typing import Any
 
 import pytest
 
 from bybit_cancel._core import Pending
-from bybit_cancel._timers import DEADLINE, GRACE, Timers
+from bybit_cancel._timers import DEADLINE, GRACE, Timers, _ms_up
 
 
 def entry(name: str) -> Pending:
@@ -25,7 +27,7 @@ async def test_items_fire_in_time_order_on_one_handle() -> None:
         if len(fired) == 4:
             done.set()
 
-    timers = Timers(loop, on_due)
+    timers: Timers[Pending] = Timers(loop, on_due)
     now = loop.time()
     a, b, c = entry("a"), entry("b"), entry("c")
     timers.add_deadline(a, now + 0.05, 0.05)
@@ -40,13 +42,14 @@ async def test_items_fire_in_time_order_on_one_handle() -> None:
     assert fired[2] == ("a", GRACE, "payload")
     assert len(timers) == 0 and a.timer_items == b.timer_items == c.timer_items == 0
     # never more than one loop timer for all of them
-    assert sum(1 for h in loop._scheduled if not h.cancelled()) <= 1  # type: ignore[attr-defined]
+    scheduled = loop._scheduled  # type: ignore[attr-defined]
+    assert len([h for h in scheduled if not h.cancelled()]) <= 1
 
 
 async def test_closed_entries_do_not_fire() -> None:
     loop = asyncio.get_running_loop()
     fired: list[str] = []
-    timers = Timers(loop, lambda e, k, p: fired.append(e.order_id))
+    timers: Timers[Pending] = Timers(loop, lambda e, k, p: fired.append(e.order_id))
     now = loop.time()
     a, b = entry("a"), entry("b")
     timers.add_deadline(a, now + 0.01, 0.01)
@@ -61,7 +64,7 @@ async def test_closed_entries_do_not_fire() -> None:
 
 async def test_compaction_keeps_memory_proportional_to_live_calls() -> None:
     loop = asyncio.get_running_loop()
-    timers = Timers(loop, lambda e, k, p: None)
+    timers: Timers[Pending] = Timers(loop, lambda e, k, p: None)
     now = loop.time()
     live = entry("live")
     timers.add_deadline(live, now + 100, 100)
@@ -79,7 +82,7 @@ async def test_compaction_keeps_memory_proportional_to_live_calls() -> None:
 async def test_a_finished_newest_call_leaves_nothing_behind() -> None:
     """Sequential callers: each finished call's items are dropped at once, not kept until due."""
     loop = asyncio.get_running_loop()
-    timers = Timers(loop, lambda e, k, p: None)
+    timers: Timers[Pending] = Timers(loop, lambda e, k, p: None)
     now = loop.time()
     for i in range(100):
         e = entry(str(i))
@@ -95,7 +98,7 @@ async def test_queued_times_round_up_to_the_millisecond_and_share_one_float() ->
     """A burst's calls in the same millisecond share one float per queue (memory per pending);
     a deadline is rounded up, never down: it may not fire before the caller's timeout."""
     loop = asyncio.get_running_loop()
-    timers = Timers(loop, lambda e, k, p: None)
+    timers: Timers[Pending] = Timers(loop, lambda e, k, p: None)
     base = 1000.0
     calls = [entry(str(i)) for i in range(5)]
     for i, e in enumerate(calls[:4]):
@@ -119,7 +122,20 @@ async def test_the_first_grace_names_the_first_wait() -> None:
         fired.append((kind, payload))
         done.set()
 
-    timers = Timers(loop, on_due)
+    timers: Timers[Pending] = Timers(loop, on_due)
     timers.add_grace(entry("a"), loop.time() + 0.005)
     await asyncio.wait_for(done.wait(), 2)
     assert fired == [(GRACE, 0)]
+
+
+def test_rounding_up_to_the_millisecond_never_goes_down() -> None:
+    """k / 1000 can land one float step below a time just above a millisecond boundary."""
+    rng = random.Random(11)
+    times = [19.173000000000002] + [
+        math.nextafter(rng.randrange(10**9) / 1000, math.inf) for _ in range(20_000)
+    ]
+    times += [rng.uniform(0, 1e6) for _ in range(20_000)]
+    for when in times:
+        up = _ms_up(when)
+        assert when <= up < when + 0.001 + 1e-9
+        assert up == round(up, 3)
