@@ -481,6 +481,7 @@ class BybitCancelClient:
 
     def _end(self, entry: Call) -> None:
         entry.closed = True
+        entry.owner = None  # (a caller cancelled inside a REST call leaves it set)
         if entry.final is None and entry.error is None:
             self._tracker.forget(entry)  # (a resolved or failed entry is already out)
         entry.finish()

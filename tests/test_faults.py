@@ -479,6 +479,28 @@ async def test_deadline_interrupts_a_resolved_call_still_in_rest(fx: FakeExchang
     assert r.status is OrderStatus.CANCELLED and r.source == "websocket"
 
 
+async def test_a_caller_cancelled_inside_rest_lets_go_of_its_task(fx: FakeExchange) -> None:
+    """Cancelled while its REST request hangs: the entry (which the timers keep until its
+    deadline) no longer points at the caller's task, so the finished task is not kept alive."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.REST_TIMEOUT, order_id=o.order_id, delay=20.0)
+    async with fast_client(fx, http_timeout=10.0, push_grace=30.0) as client:
+        task = asyncio.create_task(
+            client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=30
+            )
+        )
+        timers = client._timers
+        assert timers is not None
+        # (The push resolves the entry meanwhile; the timers still hold it, with its deadline.)
+        await wait_until(lambda: [e.owner for e in timers.open_entries()] == [task])
+        [entry] = timers.open_entries()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2)
+        assert entry.closed and entry.owner is None
+
+
 async def test_aclose_interrupts_a_resolved_call_still_in_rest(fx: FakeExchange) -> None:
     """aclose() leaves no caller behind, even one whose push arrived while its REST call hangs
     on a caller-owned session (which aclose() does not close)."""
