@@ -4,9 +4,10 @@ A parked ``cancel_order`` used to wait on an ``asyncio.Future`` beside its entry
 call, and an ``__await__`` written as a generator would cost a 192-byte generator frame instead.
 With 10,000 cancels parked that was the largest part of the library's own memory. So the entry
 itself speaks the part of asyncio's Future protocol that a ``Task`` uses on what it awaits (a
-"Future-compatible object", see ``asyncio.isfuture``): ``_asyncio_future_blocking``, ``get_loop``,
-``add_done_callback``, ``result`` and ``cancel``; and its ``__await__`` returns the entry itself as
-the iterator, so awaiting it allocates nothing.
+"Future-compatible object", see ``asyncio.isfuture``): ``_asyncio_future_blocking``, ``_loop``
+(read when there is no ``get_loop``), ``add_done_callback``, ``result`` and ``cancel``; and its
+``__await__`` returns the entry itself as the iterator, so awaiting it allocates nothing.
+Unlike a Future, ``result()`` never raises: a cancel reaches the coroutine from ``__next__``.
 
 Only bybit_cancel's own coroutines await a Call, one wait at a time, so it keeps one callback. A
 call may wait several times (the slow path parks again between REST lookups): :meth:`Call.rearm`
@@ -31,6 +32,8 @@ CANCELLED = 32  # the awaiting task was cancelled during the current wait
 _WAIT = 64  # the wait number counts from this bit up
 
 _Callback = Callable[["Call"], object]
+# A C callable that takes nothing and returns None: NoneType itself.
+_NONE: Callable[[], None] = type(None)
 
 
 class Call(Pending):
@@ -40,7 +43,9 @@ class Call(Pending):
     ``Task.cancel()`` on the awaiting task ends the wait with ``CancelledError``, as with a Future.
     """
 
-    __slots__ = ("_callback", "_context", "_loop")
+    # `_asyncio_future_blocking` and `_loop` are what a Task reads on an awaited Future-like
+    # object: as slots, the Task reads and writes them in C, without a Python call.
+    __slots__ = ("_asyncio_future_blocking", "_callback", "_context", "_loop")
 
     def __init__(
         self,
@@ -52,6 +57,7 @@ class Call(Pending):
     ) -> None:
         super().__init__(category, symbol, order_id, order_link_id)
         self._loop = loop
+        self._asyncio_future_blocking = False
         self._callback: _Callback | None = None
         # The awaiting task's context while it waits; after a cancel, the cancel's message.
         self._context: object = None
@@ -92,19 +98,6 @@ class Call(Pending):
 
     # -- the Future protocol, as asyncio.Task uses it ------------------------------------------
 
-    @property
-    def _asyncio_future_blocking(self) -> bool:
-        # A Task checks that what the coroutine yielded is a Future that asked to block, then
-        # clears the flag. The only yield is in __next__, always blocking: a constant will do.
-        return True
-
-    @_asyncio_future_blocking.setter
-    def _asyncio_future_blocking(self, value: bool) -> None:
-        pass
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
     def done(self) -> bool:
         return bool(self._flags & DONE)
 
@@ -136,15 +129,13 @@ class Call(Pending):
         self._context = msg  # (the context slot is free once the wait has ended)
         return True
 
-    def result(self) -> None:
-        flags = self._flags
-        if flags & CANCELLED:
-            raise self._cancelled_error()
-        if not flags & DONE:
-            raise asyncio.InvalidStateError("the wait has not ended")
+    # A Task calls result() when woken, only to learn whether to throw an error into the
+    # coroutine. It need not: the coroutine resumes in __next__, which raises CancelledError
+    # after a cancel. So result() is a C callable returning None (no Python frame on the wake-up
+    # path, which matters when the caches are cold: the wake-up is the confirm's latency).
+    result = staticmethod(_NONE)
 
     def exception(self) -> BaseException | None:
-        self.result()
         return None
 
     def __await__(self) -> Generator[Any, None, None]:
@@ -155,7 +146,10 @@ class Call(Pending):
     def __next__(self) -> Call:
         flags = self._flags
         if not flags & DONE:
-            return self  # suspend: the Task sees a blocking Future and adds its callback
+            # Suspend, as Future.__await__ does: the Task sees a Future that asks to block,
+            # clears the flag, and adds its callback.
+            self._asyncio_future_blocking = True
+            return self
         if flags & CANCELLED:
             raise self._cancelled_error()
         raise StopIteration

@@ -29,7 +29,7 @@ from typing import Any, Self
 
 import aiohttp
 
-from ._call import Call
+from ._call import DONE, Call
 from ._core import CancelTracker
 from ._exceptions import (
     NOT_FOUND_RET_CODES,
@@ -410,7 +410,7 @@ class BybitCancelClient:
                     now=time.monotonic(),
                 )
                 del ack, body  # nothing of the request stays alive while parked
-                if entry.final is None and not entry.done():
+                if entry.final is None and not entry._flags & DONE:  # (entry.done(), inlined)
                     self._park_first(entry)
                     await entry  # the entry is its own waiter (see _call.py)
                 if entry.final is not None and entry.error is None:
