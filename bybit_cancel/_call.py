@@ -22,7 +22,7 @@ import contextvars
 from collections.abc import Callable, Generator
 from typing import Any
 
-from ._core import Pending
+from ._core import CLOSED, Pending
 
 __all__ = ["Call"]
 
@@ -88,12 +88,13 @@ class Call(Pending):
         self._context = None
 
     def finish(self) -> None:
-        """The call has returned: later wake-ups do nothing, and nothing is kept alive."""
+        """The call has returned (sets ``closed``): later wake-ups do nothing, and nothing is
+        kept alive."""
         if self._callback is not None:
             # Still awaited: the coroutine was closed while parked (coro.close()). End the wait
             # as a cancel does, so that its Task finishes instead of waiting forever.
             self.cancel()
-        self._flags |= DONE
+        self._flags |= DONE | CLOSED
         self._context = None
 
     # -- the Future protocol, as asyncio.Task uses it ------------------------------------------

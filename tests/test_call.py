@@ -164,7 +164,7 @@ async def test_finish_drops_the_waiter() -> None:
     call = make_call()
     call.add_done_callback(lambda _c: None)
     call.finish()
-    assert call.done() and call._callback is None and call._context is None
+    assert call.done() and call.closed and call._callback is None and call._context is None
     call.wake()  # a late push or timer: nothing to do
 
 
