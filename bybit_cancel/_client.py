@@ -7,8 +7,9 @@ The flow of one cancel (docs/architecture.md):
    acknowledgement is not lost;
 3. ``POST /v5/order/cancel``; "order does not exist" (110001/170213) is ambiguous, so look the order
    up and return its real final state, or raise ``OrderNotFound`` when nobody knows it;
-4. park on the entry (it is awaitable: ``_call.py``) until the stream delivers a final state; when no push comes within
-   ``push_grace`` (lost push, dead stream), look the order up over REST with backoff;
+4. park on the entry (it is awaitable: ``_call.py``) until the stream delivers a final state;
+   when no push comes within ``push_grace`` (lost push, dead stream), look the order up over REST
+   with backoff;
 5. the whole call is bounded by ``timeout``; every exit path removes the pending entry.
 """
 
@@ -642,7 +643,9 @@ class BybitCancelClient:
                 entry._callback = None
                 context = entry._context
                 entry._context = None
-                self._loop.call_soon(callback, entry, context=context)  # type: ignore[union-attr,arg-type]
+                loop = self._loop
+                assert loop is not None
+                loop.call_soon(callback, entry, context=context)  # type: ignore[arg-type]
 
     @staticmethod
     def _deliver(resolved: list[Call]) -> None:

@@ -87,22 +87,6 @@ class TransportError(BybitError):
     """The network failed: connection refused or reset, or the HTTP request timed out."""
 
 
-def _confirmation_timeout(
-    order_id: str | None,
-    order_link_id: str | None,
-    last_status: str | None,
-    acknowledged: bool,
-    timeout: float,
-) -> ConfirmationTimeout:
-    return ConfirmationTimeout(
-        order_id=order_id,
-        order_link_id=order_link_id,
-        last_status=last_status,
-        acknowledged=acknowledged,
-        timeout=timeout,
-    )
-
-
 class ClientClosedError(BybitError):
     """The client was closed (or lost its stream for good) while the call was pending."""
 
@@ -150,6 +134,22 @@ class ConfirmationTimeout(BybitError, TimeoutError):
             f"no final state for order {ident} within {self.timeout:g}s "
             f"(cancel {ack}, last status seen: {self.last_status or 'none'})"
         )
+
+
+def _confirmation_timeout(
+    order_id: str | None,
+    order_link_id: str | None,
+    last_status: str | None,
+    acknowledged: bool,
+    timeout: float,
+) -> ConfirmationTimeout:
+    return ConfirmationTimeout(
+        order_id=order_id,
+        order_link_id=order_link_id,
+        last_status=last_status,
+        acknowledged=acknowledged,
+        timeout=timeout,
+    )
 
 
 def error_from_ret_code(ret_code: int, ret_msg: str) -> BybitAPIError:

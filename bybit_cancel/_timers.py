@@ -8,10 +8,10 @@ the whole program pays for that heap. Here all cancels share at most one armed l
 The hot path adds two items per call: its deadline and its first grace. Calls nearly always come
 with the same timeout and the same grace, so each of these has a FIFO queue of entries (append and
 pop in O(1), no allocation: the times live on the entry). Queued times are rounded up to the next
-millisecond, so that the calls of a burst share one float object per millisecond. A deadline that would break the order (a
-shorter timeout than the last call's) and the slow path's later waits go to a small heap. Items of
-finished calls are dropped lazily, and the queues are compacted when such stale items are the
-majority, so memory stays proportional to the calls in flight.
+millisecond, so that the calls of a burst share one float object per millisecond. A deadline that
+would break the order (a shorter timeout than the last call's) and the slow path's later waits go
+to a small heap. Items of finished calls are dropped lazily, and the queues are compacted when such
+stale items are the majority, so memory stays proportional to the calls in flight.
 """
 
 from __future__ import annotations
