@@ -631,21 +631,9 @@ class BybitCancelClient:
     # -- callbacks from the stream (on the stream task) ----------------------------------------
 
     def _on_push(self, orders: list[WireOrder]) -> None:
-        # The router's hot path: _deliver and Call.wake, inlined (each Python frame on the way
-        # from the push to the woken caller costs most when the caches are cold).
+        # The router's hot path: _deliver, inlined.
         for entry in self._tracker.on_orders(orders, "websocket", time.monotonic()):
-            flags = entry._flags
-            if flags & DONE:
-                continue
-            entry._flags = flags | DONE
-            callback = entry._callback
-            if callback is not None:
-                entry._callback = None
-                context = entry._context
-                entry._context = None
-                loop = self._loop
-                assert loop is not None
-                loop.call_soon(callback, entry, context=context)  # type: ignore[arg-type]
+            entry.wake()
 
     @staticmethod
     def _deliver(resolved: list[Call]) -> None:
