@@ -63,6 +63,11 @@ def test_scale() -> None:
     assert_verdicts(out, 5)
 
 
+def test_waiter() -> None:
+    out = run_script("benchmarks/waiter.py", "-n", "200", "--wakes", "10")
+    assert "Future + Pending" in out and "\nCall " in out and "INFO Call saves" in out, out
+
+
 def test_chaos() -> None:
     """The chaos run must not merely print: with a tiny N every answer must still be right."""
     out = run_script("benchmarks/chaos.py", "-n", "60", "--rate", "0.5", "--seed", "5")
