@@ -97,13 +97,10 @@ class Call(Pending):
         self._flags |= DONE | CLOSED
         self._context = None
 
-    # -- the Future protocol, as asyncio.Task uses it ------------------------------------------
+    # -- the Future protocol, as far as asyncio.Task uses it (only a Task ever awaits a Call) --
 
     def done(self) -> bool:
         return bool(self._flags & DONE)
-
-    def cancelled(self) -> bool:
-        return bool(self._flags & CANCELLED)
 
     def add_done_callback(
         self, fn: _Callback, *, context: contextvars.Context | None = None
@@ -115,12 +112,6 @@ class Call(Pending):
             raise RuntimeError("a pending cancel is awaited by its own call only")
         self._callback = fn
         self._context = context
-
-    def remove_done_callback(self, fn: _Callback) -> int:
-        if self._callback is not None and self._callback == fn:
-            self._callback = self._context = None
-            return 1
-        return 0
 
     def cancel(self, msg: Any | None = None) -> bool:
         if self._flags & DONE:
@@ -135,9 +126,6 @@ class Call(Pending):
     # after a cancel. So result() is a C callable returning None (no Python frame on the wake-up
     # path, which matters when the caches are cold: the wake-up is the confirm's latency).
     result = staticmethod(_NONE)
-
-    def exception(self) -> BaseException | None:
-        return None
 
     def __await__(self) -> Generator[Any, None, None]:
         return self  # type: ignore[return-value]  # its own iterator: no generator per await
