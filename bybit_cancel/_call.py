@@ -55,7 +55,7 @@ class Call(Pending):
         order_id: str,
         order_link_id: str,
     ) -> None:
-        super().__init__(category, symbol, order_id, order_link_id)
+        Pending.__init__(self, category, symbol, order_id, order_link_id)  # (cheaper than super())
         self._loop = loop
         self._asyncio_future_blocking = False
         self._callback: _Callback | None = None

@@ -22,6 +22,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -121,15 +122,16 @@ class RateLimiter:
         wait = state.blocked_until - now
         if wait > 0:
             return wait
+        limit = state.limit
+        if limit > _PACED_LIMIT:
+            return 0.0  # no log of sends kept (see _PACED_LIMIT)
         sent = state.sent
         horizon = now - self.WINDOW
         while sent and sent[0] <= horizon:
             sent.popleft()
-        limit = state.limit
         if len(sent) >= limit:
             return sent[0] - horizon
-        if limit <= _PACED_LIMIT:
-            sent.append(now)
+        sent.append(now)
         return 0.0
 
     def block_until_server_ms(self, key: tuple[str, str], server_ms: int) -> None:
@@ -140,12 +142,18 @@ class RateLimiter:
     def feed(self, key: tuple[str, str], headers: Any) -> None:
         """Learn from one answer's headers."""
         limit = headers.get("X-Bapi-Limit")
-        if limit is None or not limit.isdigit():
+        if limit is None:
             return
         state = self._keys.get(key)
-        if state is None:
-            state = self._state(key)
-        state.limit = int(limit) or 1
+        if state is None or limit != state.limit_text:  # (the same string nearly every time)
+            if not limit.isdigit():
+                return
+            if state is None:
+                state = self._state(key)
+            state.limit = int(limit) or 1
+            state.limit_text = limit
+            if state.limit > _PACED_LIMIT:
+                state.sent.clear()  # not kept above that (see reserve)
         if headers.get("X-Bapi-Limit-Status") == "0":
             now = time.monotonic()
             sent = state.sent
@@ -160,10 +168,11 @@ class RateLimiter:
 
 
 class _KeyState:
-    __slots__ = ("blocked_until", "limit", "sent")
+    __slots__ = ("blocked_until", "limit", "limit_text", "sent")
 
     def __init__(self) -> None:
         self.limit = 1 << 30  # unknown until an answer names it
+        self.limit_text = ""  # the X-Bapi-Limit header it came from
         self.sent: deque[float] = deque()
         self.blocked_until = 0.0
 
@@ -317,8 +326,22 @@ class RestClient:
                 self.stats.rate_limit_waits += 1
                 await asyncio.sleep(wait)
                 wait = self.limiter.reserve(key)
+            # One request, in this frame (no coroutine per attempt: it is the hot path). Wait for
+            # a connection slot, then sign (only now: §1 timestamp window) and send.
+            slots = self._slots
+            if slots:
+                if self._inflight < slots and not self._slot_waiters:
+                    self._inflight += 1  # the common case: a free slot, no await, no allocation
+                else:
+                    await self._wait_for_slot()
             try:
-                status, headers, body = await self._send(method, path, params)
+                try:
+                    self.stats.requests += 1
+                    async with self._request(method, path, params) as resp:
+                        status, headers, body = resp.status, resp.headers, await resp.read()
+                finally:
+                    if slots:
+                        self._release_slot()  # before any backoff below
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Describe, never repr: aiohttp's reprs carry the request headers (signature).
                 why = f"{method} {path} failed: {_describe(exc)}"
@@ -381,44 +404,32 @@ class RestClient:
         log.log(level, "retrying %s in %.3fs (failure %d)", why, delay, failures)
         await asyncio.sleep(delay)
 
-    async def _send(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any, bytes]:
-        """One request: wait for a connection slot, sign (only now: §1 timestamp window), send."""
-        slots = self._slots
-        if slots:
-            if self._inflight < slots and not self._slot_waiters:
-                self._inflight += 1  # the common case: a free slot, no await, no allocation
-            else:
-                await self._wait_for_slot()
-        try:
-            self.stats.requests += 1
-            if method == "GET":
-                # Bybit signs the query string exactly as sent (§1). Values here are symbols, ids
-                # and enum words ([A-Za-z0-9_.-], validated), so no percent-encoding is involved;
-                # yarl is told the URL is already encoded so it sends these bytes unchanged.
-                query = "&".join(f"{k}={v}" for k, v in params.items())
-                payload = query.encode()
-                headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
-                url = URL(f"{self._base}{path}?{query}", encoded=True)
-                # Never follow a redirect: it would re-send the signed headers to another host.
-                ctx = self._session.get(
-                    url, headers=headers, timeout=self._timeout, allow_redirects=False
-                )
-            else:
-                payload = encoder.encode(params)
-                headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
-                headers["Content-Type"] = "application/json"
-                ctx = self._session.post(
-                    self._base + path,
-                    data=payload,
-                    headers=headers,
-                    timeout=self._timeout,
-                    allow_redirects=False,
-                )
-            async with ctx as resp:
-                return resp.status, resp.headers, await resp.read()
-        finally:
-            if slots:
-                self._release_slot()
+    def _request(
+        self, method: str, path: str, params: dict[str, Any]
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """The signed request for one attempt, signed now (§1 timestamp window); not yet sent."""
+        if method == "GET":
+            # Bybit signs the query string exactly as sent (§1). Values here are symbols, ids and
+            # enum words ([A-Za-z0-9_.-], validated), so no percent-encoding is involved; yarl is
+            # told the URL is already encoded so it sends these bytes unchanged.
+            query = "&".join(f"{k}={v}" for k, v in params.items())
+            payload = query.encode()
+            headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
+            url = URL(f"{self._base}{path}?{query}", encoded=True)
+            # Never follow a redirect: it would re-send the signed headers to another host.
+            return self._session.get(
+                url, headers=headers, timeout=self._timeout, allow_redirects=False
+            )
+        payload = encoder.encode(params)
+        headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
+        headers["Content-Type"] = "application/json"
+        return self._session.post(
+            self._base + path,
+            data=payload,
+            headers=headers,
+            timeout=self._timeout,
+            allow_redirects=False,
+        )
 
     def _release_slot(self) -> None:
         # Hand the slot straight to the longest waiter (FIFO, so nobody starves in a burst).

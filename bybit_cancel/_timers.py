@@ -42,14 +42,6 @@ _COMPACT_MIN = 1024
 E = TypeVar("E", bound=Pending)
 
 
-def _ms_up(when: float) -> float:
-    # Rounded up, never down: a deadline must not fire before the caller's timeout. (k / 1000
-    # can come out one float step below `when` when `when` sits just above a millisecond.)
-    k = math.ceil(when * 1000.0)
-    up = k / 1000.0
-    return up if up >= when else (k + 1) / 1000.0
-
-
 class Timers(Generic[E]):
     """Deadlines and grace wake-ups of pending cancels, on one loop timer.
 
@@ -89,30 +81,41 @@ class Timers(Generic[E]):
 
     def add_deadline(self, entry: E, when: float, timeout: float) -> None:
         """The call fails with a timeout at loop time ``when`` (at most 1 ms later)."""
-        when = _ms_up(when)
-        queue = self._deadlines
-        if queue and queue[-1].deadline_at == when:
-            when = queue[-1].deadline_at  # the same float object: 24 bytes less per call
-        entry.deadline_at = when
         entry.timeout = timeout
-        if not queue or queue[-1].deadline_at <= when:
-            queue.append(entry)
-            self._added(entry, when)
-        else:
-            self.add(when, DEADLINE, entry, timeout)
+        self._enqueue(self._deadlines, entry, when, DEADLINE)
 
     def add_grace(self, entry: E, when: float) -> None:
         """End the call's first wait at ``when`` (at most 1 ms later); once per call."""
-        when = _ms_up(when)
-        queue = self._graces
-        if queue and queue[-1].grace_at == when:
-            when = queue[-1].grace_at
-        entry.grace_at = when
-        if not queue or queue[-1].grace_at <= when:
-            queue.append(entry)
-            self._added(entry, when)
+        self._enqueue(self._graces, entry, when, GRACE)
+
+    def _enqueue(self, queue: deque[E], entry: E, when: float, kind: int) -> None:
+        # (Once per call for each kind, on the hot path: hence inlined.) Rounded up, never down:
+        # a deadline must not fire before the caller's timeout. (k / 1000 can come out one float
+        # step below `when` when `when` sits just above a millisecond.)
+        k = math.ceil(when * 1000.0)
+        up = k / 1000.0
+        when = up if up >= when else (k + 1) / 1000.0
+        if queue:
+            last = queue[-1].deadline_at if kind == DEADLINE else queue[-1].grace_at
+            if last == when:
+                when = last  # the same float object: 24 bytes less per call
+            elif last > when:  # out of order (a shorter timeout than the last call's): the heap
+                if kind == DEADLINE:
+                    entry.deadline_at = when
+                    self.add(when, DEADLINE, entry, entry.timeout)
+                else:
+                    entry.grace_at = when
+                    self.add(when, GRACE, entry, 0)
+                return
+        if kind == DEADLINE:
+            entry.deadline_at = when
         else:
-            self.add(when, GRACE, entry, 0)
+            entry.grace_at = when
+        queue.append(entry)
+        entry.timer_items += 1
+        self._items += 1
+        if when < self._armed_at:
+            self._arm(when)
 
     def add(self, when: float, kind: int, entry: E, payload: Any) -> None:
         """Any item, at any time (the heap)."""
@@ -123,14 +126,20 @@ class Timers(Generic[E]):
         """The entry's call finished (``entry.closed`` is set): its items are stale."""
         # The newest call usually finishes first (always, for sequential callers): drop its items
         # from the tails at once, so finished calls are not kept alive until their deadline.
-        for queue in (self._graces, self._deadlines):
-            if queue and queue[-1] is entry:
-                queue.pop()
-                entry.timer_items -= 1
-                self._items -= 1
-        self._stale += entry.timer_items
-        if self._stale > _COMPACT_MIN and self._stale * 2 > self._items:
-            self._compact()
+        queue = self._graces
+        if queue and queue[-1] is entry:
+            queue.pop()
+            entry.timer_items -= 1
+            self._items -= 1
+        queue = self._deadlines
+        if queue and queue[-1] is entry:
+            queue.pop()
+            entry.timer_items -= 1
+            self._items -= 1
+        if entry.timer_items:
+            self._stale += entry.timer_items
+            if self._stale > _COMPACT_MIN and self._stale * 2 > self._items:
+                self._compact()
 
     def open_entries(self) -> list[E]:
         """The entries of calls still in flight (each has its deadline queued until it ends)."""

@@ -325,3 +325,23 @@ def test_core_imports_no_io() -> None:
     for line in imports:
         for mod in ("asyncio", "aiohttp", "websockets", "socket", "time"):
             assert mod not in line, line
+
+
+def test_rate_limiter_follows_the_limit_bybit_names() -> None:
+    """X-Bapi-Limit may change between answers: the pacing follows it, an odd value is ignored,
+    and above the paced bound no log of sends is kept."""
+    from bybit_cancel._rest import Clock, RateLimiter
+
+    limiter = RateLimiter(Clock())
+    key = ("/v5/order/cancel", "linear")
+    assert limiter.reserve(key) == 0  # nothing learnt: send
+    limiter.feed(key, {"X-Bapi-Limit": "2", "X-Bapi-Limit-Status": "1"})
+    assert limiter.reserve(key) == 0 and limiter.reserve(key) == 0
+    assert 0 < limiter.reserve(key) <= RateLimiter.WINDOW  # the third in the window waits
+    limiter.feed(key, {"X-Bapi-Limit": "many"})  # not a number: nothing changes
+    assert limiter.reserve(key) > 0
+    limiter.feed(key, {"X-Bapi-Limit": "1000000"})  # raised past the paced bound
+    assert [limiter.reserve(key) for _ in range(5)] == [0.0] * 5
+    assert not limiter._keys[key].sent
+    limiter.feed(key, {"X-Bapi-Limit": "1"})  # lowered again: paced from here on
+    assert limiter.reserve(key) == 0 and limiter.reserve(key) > 0

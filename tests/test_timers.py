@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bybit_cancel._core import Pending
-from bybit_cancel._timers import DEADLINE, GRACE, Timers, _ms_up
+from bybit_cancel._timers import DEADLINE, GRACE, Timers
 
 
 def entry(name: str) -> Pending:
@@ -128,14 +128,26 @@ async def test_the_first_grace_names_the_first_wait() -> None:
     assert fired == [(GRACE, 0)]
 
 
-def test_rounding_up_to_the_millisecond_never_goes_down() -> None:
-    """k / 1000 can land one float step below a time just above a millisecond boundary."""
+async def test_rounding_up_to_the_millisecond_never_goes_down() -> None:
+    """Queued times are rounded up to the millisecond; k / 1000 can land one float step below a
+    time just above a millisecond boundary, and a deadline must never fire early."""
     rng = random.Random(11)
     times = [19.173000000000002] + [
         math.nextafter(rng.randrange(10**9) / 1000, math.inf) for _ in range(20_000)
     ]
     times += [rng.uniform(0, 1e6) for _ in range(20_000)]
-    for when in times:
-        up = _ms_up(when)
-        assert when <= up < when + 0.001 + 1e-9
-        assert up == round(up, 3)
+    timers: Timers[Pending] = Timers(asyncio.get_running_loop(), lambda e, k, p: None)
+    try:
+        for when in times:
+            # (Each pair of calls starts from empty queues, so both take the queue path.)
+            e = entry("r")
+            timers.add_deadline(e, when, 1.0)
+            timers.add_grace(e, when)
+            e.closed = True
+            timers.release(e)
+            for up in (e.deadline_at, e.grace_at):
+                assert when <= up < when + 0.001 + 1e-9
+                assert up == round(up, 3)
+        assert len(timers) == 0
+    finally:
+        timers.close()
