@@ -73,3 +73,9 @@ def test_chaos() -> None:
     out = run_script("benchmarks/chaos.py", "-n", "60", "--rate", "0.5", "--seed", "5")
     assert "correct final states" in out and "hung" in out, out
     assert "PASS 100% correct" in out and "PASS 0 hung" in out, out
+
+
+def test_bytecodes() -> None:
+    out = run_script("benchmarks/bytecodes.py", "-n", "5", "--warmup", "2", "--top", "3")
+    assert "bybit_cancel" in out and "floor" in out and "\ntotal " in out, out
+    assert "_client.cancel_order" in out, out  # our own code was counted, by function

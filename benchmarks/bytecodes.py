@@ -1,0 +1,140 @@
+"""Work per cancel, counted rather than timed: Python bytecodes and frames, by package.
+
+    python benchmarks/bytecodes.py            # 300 sequential cancels per client after 50 warm-up
+    python benchmarks/bytecodes.py -n 100
+
+On a shared, noisy VM a difference of 10 us per cancel (1 %) is below what latency.py can tell
+from run to run. This counts what the client process executes instead: every bytecode and every
+frame entered (a call, or a coroutine resumed) while N sequential cancels run, with
+``sys.settrace`` opcode events, for bybit_cancel and the hand-written floor (the fake exchange runs
+in its own process and is not counted). The counts repeat within about 1 % from run to run (the
+event loop's scheduling varies a little); C code (msgspec, hashlib, the selector) is not counted.
+
+Slow by design (tracing every opcode): use a few hundred cancels. No targets: it explains the
+latency table, it does not judge it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._clients import Floor, Ours
+from benchmarks._common import machine, run
+from benchmarks._fake import FakeHandle
+
+_PACKAGES = ("aiohttp", "asyncio", "websockets", "yarl", "multidict")
+_ROOT = Path(__file__).resolve().parent.parent
+_OWN = (str(_ROOT / "benchmarks"), str(_ROOT / "bybit_cancel"))
+
+
+def package(filename: str) -> str:
+    """The package a code object belongs to; the client's own code counts as "own"."""
+    if filename == __file__:
+        return "other"  # this script's own loop
+    if filename.startswith(_OWN):
+        return "own"  # bybit_cancel, the floor's code, and the benchmark's wrapper around ours
+    parts = Path(filename).parts
+    if "site-packages" in parts:
+        top = parts[parts.index("site-packages") + 1]
+    else:  # the standard library: a package's folder, or a module's file
+        top = parts[-2] if len(parts) > 1 and parts[-2] in _PACKAGES else ""
+    return top if top in _PACKAGES else "other"
+
+
+class Counts:
+    """A trace function counting opcodes and frames per package."""
+
+    def __init__(self) -> None:
+        self.ops: Counter[str] = Counter()
+        self.frames: Counter[str] = Counter()
+        self.own_ops: Counter[str] = Counter()  # by function, for the client's own code
+        self._package: dict[Any, str] = {}
+
+    def trace(self, frame: FrameType, event: str, arg: Any) -> Any:
+        code = frame.f_code
+        name = self._package.get(code)
+        if name is None:
+            name = self._package[code] = package(code.co_filename)
+        if event == "opcode":
+            self.ops[name] += 1
+            if name == "own":
+                self.own_ops[f"{Path(code.co_filename).stem}.{code.co_name}"] += 1
+        elif event == "call":
+            frame.f_trace_opcodes = True
+            self.frames[name] += 1
+        return self.trace
+
+
+async def count(kind: type[Any], n: int, warmup: int) -> Counts:
+    fake = await FakeHandle.start(1)
+    client = kind(fake.books[0]["rest_url"], fake.books[0]["ws_url"])
+    counts = Counts()
+    try:
+        await client.open()
+        await fake.wait_subscribed(0)
+        ids = (await fake.call("seed", book=0, n=n + warmup))["ids"]
+        for oid in ids[:warmup]:
+            await client.cancel(oid)
+        sys.settrace(counts.trace)
+        try:
+            for oid in ids[warmup:]:
+                await client.cancel(oid)
+        finally:
+            sys.settrace(None)
+    finally:
+        await client.close()
+        await fake.close()
+    return counts
+
+
+async def bytecodes(n: int, warmup: int, top: int) -> bool:
+    results = {kind.name: await count(kind, n, warmup) for kind in (Ours, Floor)}
+    print(
+        f"bytecodes: {n} sequential cancels per client (after {warmup} warm-up), fake in a "
+        f"separate process, on {machine()}"
+    )
+    print("per cancel    " + "".join(f"{name:>26}" for name in results))
+    print(f"{'package':<14}" + f"{'bytecodes':>14}{'frames':>12}" * len(results))
+    rows = ["own", *_PACKAGES, "other"]
+    for row in [*rows, "total"]:
+        cells = ""
+        for c in results.values():
+            ops = sum(c.ops.values()) if row == "total" else c.ops[row]
+            frames = sum(c.frames.values()) if row == "total" else c.frames[row]
+            cells += f"{ops / n:>14,.0f}{frames / n:>12,.1f}"
+        print(f"{row:<14}{cells}")
+    ours, floor = results["bybit_cancel"], results["floor"]
+    extra = (sum(ours.ops.values()) - sum(floor.ops.values())) / n
+    print(
+        f"INFO 'own' is bybit_cancel's code for bybit_cancel (with the benchmark's wrapper) and "
+        f"the floor's own code for the floor; bybit_cancel runs {extra:,.0f} more bytecodes per "
+        f"cancel in all"
+    )
+    for name, c in results.items():
+        if top:
+            print(f"{name}'s own code, the {top} functions running the most bytecodes per cancel:")
+            for func, ops in c.own_ops.most_common(top):
+                print(f"  {ops / n:>8,.0f}  {func}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("-n", type=int, default=300, help="counted cancels per client")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--top", type=int, default=12, help="list this many functions of own code")
+    a = p.parse_args(argv)
+    return run(lambda: bytecodes(a.n, a.warmup, a.top), False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
