@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 from typing import Any
 
 __all__ = ["Credentials", "rest_headers", "ws_auth_args"]
 
 
+# HMAC (RFC 2104) over SHA-256, whose block is 64 bytes: the key is padded to a block and XORed
+# with these bytes (the tables the standard library's hmac module uses).
+_BLOCK = 64
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
 class Credentials:
     """An API key and its secret. The secret never appears in ``repr``/``str``."""
 
-    __slots__ = ("_keyed", "api_key")
+    __slots__ = ("_inner", "_outer", "api_key")
 
     def __init__(self, api_key: str, api_secret: str) -> None:
         if not isinstance(api_key, str) or not api_key:
@@ -20,14 +26,24 @@ class Credentials:
         if not isinstance(api_secret, str) or not api_secret:
             raise ValueError("api_secret must be a non-empty string")
         self.api_key = api_key
-        # Keyed once; each signature copies the keyed state instead of re-deriving the pads.
-        self._keyed = hmac.new(api_secret.encode(), digestmod=hashlib.sha256)
+        # HMAC keyed once: the SHA-256 states after the inner and the outer padded key (RFC 2104).
+        # A signature copies the two states. That is the hmac module's own scheme minus its Python
+        # layer and OpenSSL's HMAC context copy: 1.8 us against 2.1 us warm, and 20 us against
+        # 32 us with cold caches, which is how a bot's cancel usually finds them (perf item 18).
+        key = api_secret.encode()
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
 
     def sign(self, payload: bytes) -> str:
         """Lowercase hex HMAC-SHA256 of ``payload`` (the form Bybit checks for HMAC keys)."""
-        h = self._keyed.copy()
-        h.update(payload)
-        return h.hexdigest()
+        inner = self._inner.copy()
+        inner.update(payload)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
     def __repr__(self) -> str:
         return f"Credentials(api_key={redact_key(self.api_key)!r}, api_secret='***')"
