@@ -128,12 +128,18 @@ class FakeHandle:
 
     def __init__(self) -> None:
         self.books: list[dict[str, str]] = []
+        # Where the fake runs, for the benchmarks' headers.
+        self.placement = "fake in this process"
         self._proc: asyncio.subprocess.Process | None = None
         self._local: Books | None = None
         self._lock = asyncio.Lock()
+        self._affinity: set[int] | None = None
 
     @classmethod
-    async def start(cls, books: int, *, inproc: bool = False, uvloop: bool = False) -> FakeHandle:
+    async def start(
+        cls, books: int, *, inproc: bool = False, uvloop: bool = False, pin: bool = True
+    ) -> FakeHandle:
+        """Start the fake; out of process, ``pin`` puts it on a core of its own (see _pin)."""
         self = cls()
         if inproc:
             self._local = Books(books)
@@ -149,8 +155,32 @@ class FakeHandle:
             cwd=str(ROOT),
             limit=2**28,
         )
+        self.placement = "fake in a separate process"
+        if pin:
+            self._pin(self._proc.pid)
         self.books = (await self._read())["books"]
         return self
+
+    def _pin(self, pid: int) -> None:
+        """The fake on the last core, this process (the clients) on the others.
+
+        Left alone, Linux tends to wake the client on the core of the fake that woke it (wake
+        affinity) and the two processes then run in turn on one core: every microsecond a client
+        spends after sending its request delays the fake's push by as much, which an exchange on
+        another machine would not do (docs/performance.md, item 20). Undone by close().
+        """
+        getaff = getattr(os, "sched_getaffinity", None)
+        setaff = getattr(os, "sched_setaffinity", None)
+        if getaff is None or setaff is None:
+            return
+        cpus = sorted(getaff(0))
+        if len(cpus) < 2:
+            return
+        self._affinity = set(cpus)
+        setaff(pid, {cpus[-1]})
+        setaff(0, set(cpus[:-1]))
+        clients = ",".join(map(str, cpus[:-1]))
+        self.placement = f"fake in a separate process on CPU {cpus[-1]}, clients on CPU {clients}"
 
     @property
     def in_process(self) -> bool:
@@ -183,6 +213,9 @@ class FakeHandle:
                 await asyncio.sleep(0.01)
 
     async def close(self) -> None:
+        if self._affinity is not None:
+            os.sched_setaffinity(0, self._affinity)
+            self._affinity = None
         if self._local is not None:
             await self._local.stop()
         if self._proc is not None:

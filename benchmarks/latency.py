@@ -43,11 +43,11 @@ def peers_available() -> list[type[Any]]:
     return found
 
 
-async def latency(n: int, warmup: int, peers: bool, inproc: bool, uvloop: bool) -> bool:
+async def latency(n: int, warmup: int, peers: bool, inproc: bool, uvloop: bool, pin: bool) -> bool:
     kinds: list[type[Any]] = [Ours, Floor]
     if peers:
         kinds += peers_available()
-    fake = await FakeHandle.start(len(kinds), inproc=inproc, uvloop=uvloop)
+    fake = await FakeHandle.start(len(kinds), inproc=inproc, uvloop=uvloop, pin=pin)
     clients: list[Any] = []
     try:
         ids: list[list[str]] = []
@@ -86,11 +86,10 @@ async def latency(n: int, warmup: int, peers: bool, inproc: bool, uvloop: bool) 
             await client.close()
         await fake.close()
 
-    where = "in process" if inproc else "separate process"
     loop = "uvloop" if uvloop else "asyncio"
     print(
         f"latency: N={n} sequential cancels per client (after {warmup} warm-up), interleaved, "
-        f"{loop}, fake in a {where}, on {machine()}; {wall:.1f} s"
+        f"{loop}, {fake.placement}, on {machine()}; {wall:.1f} s"
     )
     ours = confirm["bybit_cancel"]
     ours_med, ours_p99 = median(ours), pct(ours, 99)
@@ -124,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--no-peers", action="store_true", help="only bybit_cancel and the floor")
     p.add_argument("--inproc", action="store_true", help="run the fake in this process")
+    p.add_argument("--no-pin", action="store_true", help="leave the fake and clients unpinned")
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)
-    return run(lambda: latency(a.n, a.warmup, not a.no_peers, a.inproc, a.uvloop), a.uvloop)
+    return run(
+        lambda: latency(a.n, a.warmup, not a.no_peers, a.inproc, a.uvloop, not a.no_pin), a.uvloop
+    )
 
 
 if __name__ == "__main__":

@@ -146,8 +146,8 @@ async def burst(fake: FakeHandle, book: int, client: Any, total: int, width: int
     return {"wall": wall, "times": times, "rss": rss, "extra": peak_extra}
 
 
-async def scale(n: int, total: int, rounds: int, inproc: bool, uvloop: bool) -> bool:
-    fake = await FakeHandle.start(2, inproc=inproc, uvloop=uvloop)
+async def scale(n: int, total: int, rounds: int, inproc: bool, uvloop: bool, pin: bool) -> bool:
+    fake = await FakeHandle.start(2, inproc=inproc, uvloop=uvloop, pin=pin)
     ours = Ours(fake.books[0]["rest_url"], fake.books[0]["ws_url"], push_grace=600.0)
     floor = Floor(fake.books[1]["rest_url"], fake.books[1]["ws_url"], recv_window=600_000)
     conc: dict[str, list[dict[str, float]]] = {"bybit_cancel": [], "floor": []}
@@ -175,9 +175,8 @@ async def scale(n: int, total: int, rounds: int, inproc: bool, uvloop: bool) -> 
         await floor.close()
         await fake.close()
 
-    where = "in process" if inproc else "separate process"
     loop = "uvloop" if uvloop else "asyncio"
-    print(f"scale: N={n} concurrent cancels, {loop}, fake in a {where}, on {machine()}")
+    print(f"scale: N={n} concurrent cancels, {loop}, {fake.placement}, on {machine()}")
     print(
         f"{'client':<14}{'confirmed':>10}{'wall s':>9}{'fake CPU s':>12}{'extra tasks':>13}"
         f"{'B/pending':>11}{'RSS KiB/pending':>17}{'tasks parked':>14}"
@@ -236,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst", type=int, default=100_000, help="cancels in the burst")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--inproc", action="store_true", help="run the fake in this process")
+    p.add_argument("--no-pin", action="store_true", help="leave the fake and clients unpinned")
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)
-    return run(lambda: scale(a.n, a.burst, a.rounds, a.inproc, a.uvloop), a.uvloop)
+    return run(lambda: scale(a.n, a.burst, a.rounds, a.inproc, a.uvloop, not a.no_pin), a.uvloop)
 
 
 if __name__ == "__main__":

@@ -152,11 +152,12 @@ async def park_and_release(
 
 
 async def loopback(
-    n: int, rounds: int, inproc: bool, uvloop: bool
-) -> dict[int, dict[str, tuple[float, float]]]:
+    n: int, rounds: int, inproc: bool, uvloop: bool, pin: bool
+) -> tuple[dict[int, dict[str, tuple[float, float]]], str]:
     """Per frame size: each client's median (frames/s, CPU us/frame) over the rounds, and under
-    "ratio" the median of the per-round ratios ours / floor, under "spread" their range."""
-    fake = await FakeHandle.start(2, inproc=inproc, uvloop=uvloop)
+    "ratio" the median of the per-round ratios ours / floor, under "spread" their range; and
+    where the fake ran."""
+    fake = await FakeHandle.start(2, inproc=inproc, uvloop=uvloop, pin=pin)
     ours = Ours(fake.books[0]["rest_url"], fake.books[0]["ws_url"], push_grace=600.0)
     floor = Floor(fake.books[1]["rest_url"], fake.books[1]["ws_url"], recv_window=600_000)
     out: dict[int, dict[str, tuple[float, float]]] = {}
@@ -189,11 +190,11 @@ async def loopback(
         await ours.close()
         await floor.close()
         await fake.close()
-    return out
+    return out, fake.placement
 
 
 async def throughput(
-    n: int, ws_n: int, rounds: int, ws_rounds: int, inproc: bool, uvloop: bool
+    n: int, ws_n: int, rounds: int, ws_rounds: int, inproc: bool, uvloop: bool, pin: bool
 ) -> bool:
     loop_name = "uvloop" if uvloop else "asyncio"
     print(f"throughput on {machine()}, {loop_name}")
@@ -220,12 +221,11 @@ async def throughput(
             f"{verdict(ok_abs)} {pf:>2}/frame: {ours:,.0f} updates/s (target >= 150,000)   "
             f"{verdict(ok_rel)} {ours / base:.2f} x json+dict (target >= 4)"
         )
-    where = "in process" if inproc else "separate process"
+    lb, placement = await loopback(ws_n, ws_rounds, inproc, uvloop, pin)
     print(
-        f"(b) loopback websocket, fake in a {where}: {ws_n} parked cancels released at once, "
+        f"(b) loopback websocket, {placement}: {ws_n} parked cancels released at once, "
         f"median of {ws_rounds} rounds"
     )
-    lb = await loopback(ws_n, ws_rounds, inproc, uvloop)
     print(f"{'client':<14}{'frame':>7}{'frames/s':>12}{'updates/s':>12}{'CPU us/frame':>14}")
     for pf, by in lb.items():
         for name in ("bybit_cancel", "floor"):
@@ -253,9 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     # moves less with this VM's drift than that of a few long ones.
     p.add_argument("--ws-rounds", type=int, default=11, help="rounds over the loopback")
     p.add_argument("--inproc", action="store_true", help="run the fake in this process")
+    p.add_argument("--no-pin", action="store_true", help="leave the fake and clients unpinned")
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)
-    return run(lambda: throughput(a.n, a.ws_n, a.rounds, a.ws_rounds, a.inproc, a.uvloop), a.uvloop)
+    return run(
+        lambda: throughput(a.n, a.ws_n, a.rounds, a.ws_rounds, a.inproc, a.uvloop, not a.no_pin),
+        a.uvloop,
+    )
 
 
 if __name__ == "__main__":
