@@ -45,7 +45,7 @@ from ._models import (
     orders_envelope_decoder,
     server_time_decoder,
 )
-from ._signing import Credentials, rest_headers
+from ._signing import Credentials, RestSigner
 
 __all__ = ["Clock", "RateLimiter", "RestClient", "RestStats"]
 
@@ -79,7 +79,7 @@ class Clock:
         return max(0.0, (server_ms - self.now_ms()) / 1000)
 
 
-@dataclass
+@dataclass(slots=True)
 class RestStats:
     """Counters for observability and benchmarks."""
 
@@ -180,6 +180,24 @@ class _KeyState:
 class RestClient:
     """Signed Bybit v5 REST calls over one ``aiohttp.ClientSession``."""
 
+    # (Slots: every request reads several of these, and a cancel usually finds the caches cold.)
+    __slots__ = (
+        "_base",
+        "_inflight",
+        "_last_resync",
+        "_max_retries",
+        "_resync_lock",
+        "_rng",
+        "_session",
+        "_signer",
+        "_slot_waiters",
+        "_slots",
+        "_timeout",
+        "clock",
+        "limiter",
+        "stats",
+    )
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -194,8 +212,7 @@ class RestClient:
     ) -> None:
         self._session = session
         self._base = base_url
-        self._creds = creds
-        self._recv_window = recv_window
+        self._signer = RestSigner(creds, recv_window)
         self.clock = clock
         self.limiter = RateLimiter(clock)
         # One timer per request (aiohttp re-arms a sock_read timer on every read). `total` also
@@ -414,14 +431,14 @@ class RestClient:
             # told the URL is already encoded so it sends these bytes unchanged.
             query = "&".join(f"{k}={v}" for k, v in params.items())
             payload = query.encode()
-            headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
+            headers = self._signer.headers(self.clock.now_ms(), payload)
             url = URL(f"{self._base}{path}?{query}", encoded=True)
             # Never follow a redirect: it would re-send the signed headers to another host.
             return self._session.get(
                 url, headers=headers, timeout=self._timeout, allow_redirects=False
             )
         payload = encoder.encode(params)
-        headers = rest_headers(self._creds, self.clock.now_ms(), self._recv_window, payload)
+        headers = self._signer.headers(self.clock.now_ms(), payload)
         headers["Content-Type"] = "application/json"
         return self._session.post(
             self._base + path,

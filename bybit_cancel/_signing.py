@@ -3,9 +3,35 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol, Self
 
-__all__ = ["Credentials", "rest_headers", "ws_auth_args"]
+__all__ = ["Credentials", "RestSigner", "rest_headers", "ws_auth_args"]
+
+
+class _Sha256(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def copy(self) -> Self: ...
+    def digest(self) -> bytes: ...
+    def hexdigest(self) -> str: ...
+
+
+def _sha256_constructor() -> Callable[[bytes], _Sha256]:
+    """CPython's own SHA-256 when it has one (``_sha2`` from 3.12, ``_sha256`` in 3.11), else
+    hashlib's (OpenSSL). The same digests; copying its state is a small memory copy, where an
+    OpenSSL copy goes through its provider machinery: 13 against 20 us per signature with cold
+    caches (docs/performance.md, item 18)."""
+    for name in ("_sha2", "_sha256"):
+        try:
+            constructor: Callable[[bytes], _Sha256] = importlib.import_module(name).sha256
+        except (ImportError, AttributeError):
+            continue
+        return constructor
+    return hashlib.sha256
+
+
+_SHA256 = _sha256_constructor()
 
 
 # HMAC (RFC 2104) over SHA-256, whose block is 64 bytes: the key is padded to a block and XORed
@@ -32,10 +58,10 @@ class Credentials:
         # 32 us with cold caches, which is how a bot's cancel usually finds them (perf item 18).
         key = api_secret.encode()
         if len(key) > _BLOCK:
-            key = hashlib.sha256(key).digest()
+            key = _SHA256(key).digest()
         key = key.ljust(_BLOCK, b"\0")
-        self._inner = hashlib.sha256(key.translate(_IPAD))
-        self._outer = hashlib.sha256(key.translate(_OPAD))
+        self._inner = _SHA256(key.translate(_IPAD))
+        self._outer = _SHA256(key.translate(_OPAD))
 
     def sign(self, payload: bytes) -> str:
         """Lowercase hex HMAC-SHA256 of ``payload`` (the form Bybit checks for HMAC keys)."""
@@ -59,25 +85,48 @@ def redact_key(api_key: str) -> str:
     return api_key[:4] + "***" if len(api_key) > 4 else "***"
 
 
+class RestSigner:
+    """Signs REST requests for one key and ``recv_window``: the constant headers and the constant
+    middle of the signed string are built once, so a request copies a small dict and signs
+    (bybit-protocol.md §1)."""
+
+    __slots__ = ("_creds", "_key_window", "_template")
+
+    def __init__(self, creds: Credentials, recv_window: int) -> None:
+        rw = str(recv_window)
+        self._creds = creds
+        self._key_window = (creds.api_key + rw).encode()
+        self._template = {
+            "X-BAPI-API-KEY": creds.api_key,
+            "X-BAPI-SIGN": "",
+            # Always "2", as pybit and the official examples send it with HMAC keys (§1 CONFLICT
+            # note).
+            "X-BAPI-SIGN-TYPE": "2",
+            "X-BAPI-TIMESTAMP": "",
+            "X-BAPI-RECV-WINDOW": rw,
+        }
+
+    def headers(self, timestamp_ms: int, payload: bytes) -> dict[str, str]:
+        """The X-BAPI-* headers for one signed REST request (a new dict, the caller's to extend).
+
+        ``payload`` must be exactly the bytes sent: the JSON body of a POST or the query string of
+        a GET. Bybit signs ``timestamp + api_key + recv_window + payload`` (§1 "String to sign").
+        """
+        ts = str(timestamp_ms)
+        headers = self._template.copy()
+        headers["X-BAPI-SIGN"] = self._creds.sign(ts.encode() + self._key_window + payload)
+        headers["X-BAPI-TIMESTAMP"] = ts
+        return headers
+
+    def __repr__(self) -> str:
+        return f"RestSigner({self._creds!r})"
+
+
 def rest_headers(
     creds: Credentials, timestamp_ms: int, recv_window: int, payload: bytes
 ) -> dict[str, str]:
-    """The X-BAPI-* headers for one signed REST request.
-
-    ``payload`` must be exactly the bytes sent: the JSON body of a POST or the query string of a GET.
-    Bybit signs ``timestamp + api_key + recv_window + payload`` (§1 "String to sign").
-    """
-    ts = str(timestamp_ms)
-    rw = str(recv_window)
-    signature = creds.sign(b"".join((ts.encode(), creds.api_key.encode(), rw.encode(), payload)))
-    return {
-        "X-BAPI-API-KEY": creds.api_key,
-        "X-BAPI-SIGN": signature,
-        # Always "2", as pybit and the official examples send it with HMAC keys (§1 CONFLICT note).
-        "X-BAPI-SIGN-TYPE": "2",
-        "X-BAPI-TIMESTAMP": ts,
-        "X-BAPI-RECV-WINDOW": rw,
-    }
+    """The X-BAPI-* headers for one signed REST request (see :meth:`RestSigner.headers`)."""
+    return RestSigner(creds, recv_window).headers(timestamp_ms, payload)
 
 
 def ws_auth_args(creds: Credentials, expires_ms: int) -> list[str | int]:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from typing import Any
 
 import aiohttp
 import pytest
@@ -26,6 +27,7 @@ from bybit_cancel import (
     OrderStatus,
     TransportError,
 )
+from bybit_cancel._rest import RestClient
 from bybit_cancel.testing import FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
@@ -405,19 +407,17 @@ async def test_failed_lookup_is_not_taken_for_not_found(
     o = fx.seed_order()
     fx.fill(o.order_id, push=False)
     async with fast_client(fx) as client:
-        rest = client._rest
-        assert rest is not None
-        real = rest.find_order
+        real = RestClient.find_order
         calls = 0
 
-        async def flaky(**kw):
+        async def flaky(self: RestClient, **kw: Any) -> Any:
             nonlocal calls
             calls += 1
             if calls == 1:
                 raise TransportError("connection reset")
-            return await real(**kw)
+            return await real(self, **kw)
 
-        monkeypatch.setattr(rest, "find_order", flaky)
+        monkeypatch.setattr(RestClient, "find_order", flaky)
         r = await cancel(client, o.order_id)
     assert r.status is OrderStatus.FILLED and r.source == "rest" and calls == 2
 
@@ -429,19 +429,17 @@ async def test_failed_lookup_after_ack_keeps_waiting(
     o = fx.seed_order()
     fx.add_fault(Fault.DROP_PUSH, order_id=o.order_id)
     async with fast_client(fx, push_grace=0.05) as client:
-        rest = client._rest
-        assert rest is not None
-        real = rest.find_order
+        real = RestClient.find_order
         calls = 0
 
-        async def flaky(**kw):
+        async def flaky(self: RestClient, **kw: Any) -> Any:
             nonlocal calls
             calls += 1
             if calls <= 2:
                 raise HTTPStatusError(502, "bad gateway")
-            return await real(**kw)
+            return await real(self, **kw)
 
-        monkeypatch.setattr(rest, "find_order", flaky)
+        monkeypatch.setattr(RestClient, "find_order", flaky)
         r = await cancel(client, o.order_id)
     assert r.status is OrderStatus.CANCELLED and calls == 3
 

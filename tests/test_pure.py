@@ -409,3 +409,22 @@ def test_id_and_symbol_checks_accept_exactly_their_documented_shapes() -> None:
                 accepted = False
             expected = bool(shape.fullmatch(value))
             assert accepted == expected, (field, value)
+
+
+def test_signing_falls_back_to_hashlib_without_cpythons_own_sha256(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the interpreter has no _sha2/_sha256 module (another Python), hashlib's SHA-256 signs."""
+    import importlib
+
+    from bybit_cancel import _signing
+
+    def missing(name: str) -> object:
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    assert _signing._sha256_constructor() is hashlib.sha256
+    monkeypatch.setattr(_signing, "_SHA256", hashlib.sha256)
+    creds = Credentials("KEY", SECRET)
+    payload = b"GET/realtime1662350400000"
+    assert creds.sign(payload) == hmac.new(SECRET.encode(), payload, hashlib.sha256).hexdigest()
