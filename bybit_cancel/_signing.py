@@ -54,8 +54,8 @@ class Credentials:
         self.api_key = api_key
         # HMAC keyed once: the SHA-256 states after the inner and the outer padded key (RFC 2104).
         # A signature copies the two states. That is the hmac module's own scheme minus its Python
-        # layer and OpenSSL's HMAC context copy: 1.8 us against 2.1 us warm, and 20 us against
-        # 32 us with cold caches, which is how a bot's cancel usually finds them (perf item 18).
+        # layer and OpenSSL's HMAC context copy, which cost most when the caches are cold, as a
+        # bot's cancel usually finds them (docs/performance.md, item 18).
         key = api_secret.encode()
         if len(key) > _BLOCK:
             key = _SHA256(key).digest()
