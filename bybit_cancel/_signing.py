@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Protocol, Self
 
-__all__ = ["Credentials", "RestSigner", "rest_headers", "ws_auth_args"]
+__all__ = ["Credentials", "RestSigner", "ws_auth_args"]
 
 
 class _Sha256(Protocol):
@@ -120,13 +120,6 @@ class RestSigner:
 
     def __repr__(self) -> str:
         return f"RestSigner({self._creds!r})"
-
-
-def rest_headers(
-    creds: Credentials, timestamp_ms: int, recv_window: int, payload: bytes
-) -> dict[str, str]:
-    """The X-BAPI-* headers for one signed REST request (see :meth:`RestSigner.headers`)."""
-    return RestSigner(creds, recv_window).headers(timestamp_ms, payload)
 
 
 def ws_auth_args(creds: Credentials, expires_ms: int) -> list[str | int]:

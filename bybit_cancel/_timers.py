@@ -89,9 +89,9 @@ class Timers(Generic[E]):
         self._enqueue(self._graces, entry, when, GRACE)
 
     def _enqueue(self, queue: deque[E], entry: E, when: float, kind: int) -> None:
-        # (Once per call for each kind, on the hot path: hence inlined.) Rounded up, never down:
-        # a deadline must not fire before the caller's timeout. (k / 1000 can come out one float
-        # step below `when` when `when` sits just above a millisecond.)
+        # (Once per call for each kind, on the hot path: the rounding and `_added` are inlined.)
+        # Rounded up, never down: a deadline must not fire before the caller's timeout. (k / 1000
+        # can come out one float step below `when` when `when` sits just above a millisecond.)
         k = math.ceil(when * 1000.0)
         up = k / 1000.0
         when = up if up >= when else (k + 1) / 1000.0

@@ -34,7 +34,7 @@ from bybit_cancel._models import (
     server_time_decoder,
     ws_decoder,
 )
-from bybit_cancel._signing import Credentials, rest_headers, ws_auth_args
+from bybit_cancel._signing import Credentials, RestSigner, ws_auth_args
 from bybit_cancel._urls import resolve_urls
 
 from .helpers import FIXTURES, fixture_bytes, make_stream
@@ -140,7 +140,7 @@ def test_rest_signature_matches_pybit() -> None:
     """Our REST signature equals the official SDK's for the same string."""
     creds = Credentials("KEY123", SECRET)
     body = b'{"category":"linear","symbol":"BTCUSDT","orderId":"x"}'
-    h = rest_headers(creds, 1658385579423, 5000, body)
+    h = RestSigner(creds, 5000).headers(1658385579423, body)
     expected = generate_signature(False, SECRET, "1658385579423KEY1235000" + body.decode())
     assert h["X-BAPI-SIGN"] == expected
     assert h["X-BAPI-TIMESTAMP"] == "1658385579423" and h["X-BAPI-RECV-WINDOW"] == "5000"
