@@ -79,3 +79,8 @@ def test_bytecodes() -> None:
     out = run_script("benchmarks/bytecodes.py", "-n", "5", "--warmup", "2", "--top", "3")
     assert "bybit_cancel" in out and "floor" in out and "\ntotal " in out, out
     assert "_client.cancel_order" in out, out  # our own code was counted, by function
+
+
+def test_cold() -> None:
+    out = run_script("benchmarks/cold.py", "-n", "3", "--evict-mb", "1")
+    assert "RestSigner" in out and "hmac.new" in out and "input checks" in out, out
