@@ -158,7 +158,11 @@ class FakeHandle:
         self.placement = "fake in a separate process"
         if pin:
             self._pin(self._proc.pid)
-        self.books = (await self._read())["books"]
+        try:
+            self.books = (await self._read())["books"]
+        except BaseException:
+            self._unpin()  # (the caller gets no handle to close)
+            raise
         return self
 
     def _pin(self, pid: int) -> None:
@@ -212,10 +216,13 @@ class FakeHandle:
             while (await self.call("subscribed", book=book))["n"] < n:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
-    async def close(self) -> None:
+    def _unpin(self) -> None:
         if self._affinity is not None:
             os.sched_setaffinity(0, self._affinity)
             self._affinity = None
+
+    async def close(self) -> None:
+        self._unpin()
         if self._local is not None:
             await self._local.stop()
         if self._proc is not None:

@@ -144,16 +144,14 @@ class RateLimiter:
         limit = headers.get("X-Bapi-Limit")
         if limit is None:
             return
+        if not limit.isdigit():
+            return
         state = self._keys.get(key)
-        if state is None or limit != state.limit_text:  # (the same string nearly every time)
-            if not limit.isdigit():
-                return
-            if state is None:
-                state = self._state(key)
-            state.limit = int(limit) or 1
-            state.limit_text = limit
-            if state.limit > _PACED_LIMIT:
-                state.sent.clear()  # not kept above that (see reserve)
+        if state is None:
+            state = self._state(key)
+        state.limit = int(limit) or 1
+        if state.limit > _PACED_LIMIT and state.sent:
+            state.sent.clear()  # not kept above that (see reserve)
         if headers.get("X-Bapi-Limit-Status") == "0":
             now = time.monotonic()
             sent = state.sent
@@ -168,11 +166,10 @@ class RateLimiter:
 
 
 class _KeyState:
-    __slots__ = ("blocked_until", "limit", "limit_text", "sent")
+    __slots__ = ("blocked_until", "limit", "sent")
 
     def __init__(self) -> None:
         self.limit = 1 << 30  # unknown until an answer names it
-        self.limit_text = ""  # the X-Bapi-Limit header it came from
         self.sent: deque[float] = deque()
         self.blocked_until = 0.0
 

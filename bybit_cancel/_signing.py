@@ -20,8 +20,8 @@ class _Sha256(Protocol):
 def _sha256_constructor() -> Callable[[bytes], _Sha256]:
     """CPython's own SHA-256 when it has one (``_sha2`` from 3.12, ``_sha256`` in 3.11), else
     hashlib's (OpenSSL). The same digests; copying its state is a small memory copy, where an
-    OpenSSL copy goes through its provider machinery: 13 against 20 us per signature with cold
-    caches (docs/performance.md, item 18)."""
+    OpenSSL copy goes through its provider machinery, which costs most with cold caches
+    (``python benchmarks/cold.py``; docs/performance.md, item 18)."""
     for name in ("_sha2", "_sha256"):
         try:
             constructor: Callable[[bytes], _Sha256] = importlib.import_module(name).sha256
