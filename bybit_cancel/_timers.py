@@ -5,13 +5,14 @@ A timer handle per cancel (``asyncio.timeout`` plus a ``call_later`` for the gra
 until they expire or the loop cleans them up: with 10,000 cancels pending, every timer operation of
 the whole program pays for that heap. Here all cancels share at most one armed loop timer.
 
-The hot path adds two items per call: its deadline and its first grace. Calls nearly always come
-with the same timeout and the same grace, so each of these has a FIFO queue of entries (append and
-pop in O(1), no allocation: the times live on the entry). Queued times are rounded up to the next
-millisecond, so that the calls of a burst share one float object per millisecond. A deadline that
-would break the order (a shorter timeout than the last call's) and the slow path's later waits go
-to a small heap. Items of finished calls are dropped lazily, and the queues are compacted when such
-stale items are the majority, so memory stays proportional to the calls in flight.
+The hot path adds two items per call: its deadline and its first grace. Calls with the same
+timeout come due in the order they started, and every call has the same grace, so each timeout
+(up to eight of them) and the grace have a FIFO queue of entries (append and pop in O(1), no
+allocation: the times live on the entry, the timeout is the queue's). Queued times are rounded up
+to the next millisecond, so that the calls of a burst share one float object per millisecond.
+Other timeouts and the slow path's later waits go to a small heap. Items of finished calls are
+dropped lazily, and the queues are compacted when they hold several items per call in flight, so
+memory stays proportional to the calls in flight.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ GRACE = 1
 # never more often than every few milliseconds (so a deadline may fire up to this much late).
 _GRANULARITY = 0.005
 _COMPACT_MIN = 1024
+# A call in flight has at most three items (its deadline, its first grace, the current wait's);
+# past this many per call, most are stale and a compaction pays for itself.
+_ITEMS_PER_CALL = 4
+# Timeouts with a FIFO queue of their own; calls with yet another timeout use the heap.
+_MAX_QUEUES = 8
 
 
 E = TypeVar("E", bound=Pending)
@@ -47,7 +53,8 @@ class Timers(Generic[E]):
 
     ``on_due(entry, kind, payload)`` is called for an item that comes due while its entry is not
     ``closed``: ``DEADLINE`` with the call's timeout, ``GRACE`` with the number of the wait to end
-    (0 for the first grace; ``add`` takes any payload).
+    (0 for the first grace; ``add`` takes any payload). Each :meth:`add_deadline` opens a call and
+    each :meth:`release` closes one: release every entry given a deadline, once.
     """
 
     __slots__ = (
@@ -59,8 +66,8 @@ class Timers(Generic[E]):
         "_items",
         "_loop",
         "_on_due",
+        "_open",
         "_seq",
-        "_stale",
     )
 
     def __init__(
@@ -70,26 +77,34 @@ class Timers(Generic[E]):
     ) -> None:
         self._loop = loop
         self._on_due = on_due
-        self._deadlines: deque[E] = deque()
+        # timeout -> the calls with that timeout, in deadline order
+        self._deadlines: dict[float, deque[E]] = {}
         self._graces: deque[E] = deque()
         self._heap: list[tuple[float, int, int, E, Any]] = []
         self._seq = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
-        self._items = 0
-        self._stale = 0
+        self._items = 0  # queued items, stale ones included
+        self._open = 0  # calls given a deadline and not yet released
 
     def add_deadline(self, entry: E, when: float, timeout: float) -> None:
         """The call fails with a timeout at loop time ``when`` (at most 1 ms later)."""
-        entry.timeout = timeout
-        self._enqueue(self._deadlines, entry, when, DEADLINE)
+        self._open += 1
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            if len(self._deadlines) >= _MAX_QUEUES:
+                entry.deadline_at = when
+                self.add(when, DEADLINE, entry, timeout)
+                return
+            queue = self._deadlines[timeout] = deque()
+        self._enqueue(queue, entry, when, DEADLINE, timeout)
 
     def add_grace(self, entry: E, when: float) -> None:
         """End the call's first wait at ``when`` (at most 1 ms later); once per call."""
-        self._enqueue(self._graces, entry, when, GRACE)
+        self._enqueue(self._graces, entry, when, GRACE, 0)
 
-    def _enqueue(self, queue: deque[E], entry: E, when: float, kind: int) -> None:
-        # (Once per call for each kind, on the hot path: the rounding and `_added` are inlined.)
+    def _enqueue(self, queue: deque[E], entry: E, when: float, kind: int, payload: Any) -> None:
+        # (Once per call for each kind, on the hot path: the rounding and `add` are inlined.)
         # Rounded up, never down: a deadline must not fire before the caller's timeout. (k / 1000
         # can come out one float step below `when` when `when` sits just above a millisecond.)
         k = math.ceil(when * 1000.0)
@@ -99,20 +114,18 @@ class Timers(Generic[E]):
             last = queue[-1].deadline_at if kind == DEADLINE else queue[-1].grace_at
             if last == when:
                 when = last  # the same float object: 24 bytes less per call
-            elif last > when:  # out of order (a shorter timeout than the last call's): the heap
+            elif last > when:  # out of order (the loop's clock went back?): the heap
                 if kind == DEADLINE:
                     entry.deadline_at = when
-                    self.add(when, DEADLINE, entry, entry.timeout)
                 else:
                     entry.grace_at = when
-                    self.add(when, GRACE, entry, 0)
+                self.add(when, kind, entry, payload)
                 return
         if kind == DEADLINE:
             entry.deadline_at = when
         else:
             entry.grace_at = when
         queue.append(entry)
-        entry.timer_items += 1
         self._items += 1
         if when < self._armed_at:
             self._arm(when)
@@ -120,33 +133,34 @@ class Timers(Generic[E]):
     def add(self, when: float, kind: int, entry: E, payload: Any) -> None:
         """Any item, at any time (the heap)."""
         heapq.heappush(self._heap, (when, next(self._seq), kind, entry, payload))
-        self._added(entry, when)
+        self._items += 1
+        if when < self._armed_at:
+            self._arm(when)
 
     def release(self, entry: E) -> None:
         """The entry's call finished (``entry.closed`` is set): its items are stale."""
+        self._open -= 1
         # The newest call usually finishes first (always, for sequential callers): drop its items
         # from the tails at once, so finished calls are not kept alive until their deadline.
         queue = self._graces
         if queue and queue[-1] is entry:
             queue.pop()
-            entry.timer_items -= 1
             self._items -= 1
-        queue = self._deadlines
-        if queue and queue[-1] is entry:
-            queue.pop()
-            entry.timer_items -= 1
-            self._items -= 1
-        if entry.timer_items:
-            self._stale += entry.timer_items
-            if self._stale > _COMPACT_MIN and self._stale * 2 > self._items:
-                self._compact()
+        for queue in self._deadlines.values():
+            if queue and queue[-1] is entry:
+                queue.pop()
+                self._items -= 1
+                break
+        if self._items > _COMPACT_MIN and self._items > _ITEMS_PER_CALL * self._open:
+            self._compact()
 
     def open_entries(self) -> list[E]:
         """The entries of calls still in flight (each has its deadline queued until it ends)."""
         seen: dict[int, E] = {}
-        for entry in self._deadlines:
-            if not entry.closed:
-                seen[id(entry)] = entry
+        for queue in self._deadlines.values():
+            for entry in queue:
+                if not entry.closed:
+                    seen[id(entry)] = entry
         for item in self._heap:
             if item[2] == DEADLINE and not item[3].closed:
                 seen[id(item[3])] = item[3]
@@ -160,27 +174,28 @@ class Timers(Generic[E]):
         self._deadlines.clear()
         self._graces.clear()
         self._heap.clear()
-        self._items = self._stale = 0
+        self._items = self._open = 0
 
     def __len__(self) -> int:
         return self._items
 
-    def _added(self, entry: E, when: float) -> None:
-        entry.timer_items += 1
-        self._items += 1
-        if when < self._armed_at:
-            self._arm(when)
-
     def _compact(self) -> None:
         # (The flag bit itself, not the `closed` property: this loop visits every queued entry.)
-        for queue in (self._deadlines, self._graces):
+        for timeout, queue in list(self._deadlines.items()):
             live = [e for e in queue if not e._flags & CLOSED]
-            queue.clear()
-            queue.extend(live)
+            if live:
+                queue.clear()
+                queue.extend(live)
+            else:
+                del self._deadlines[timeout]
+        live = [e for e in self._graces if not e._flags & CLOSED]
+        self._graces.clear()
+        self._graces.extend(live)
         self._heap[:] = [item for item in self._heap if not item[3]._flags & CLOSED]
         heapq.heapify(self._heap)
-        self._items = len(self._deadlines) + len(self._graces) + len(self._heap)
-        self._stale = 0
+        self._items = (
+            sum(len(q) for q in self._deadlines.values()) + len(self._graces) + len(self._heap)
+        )
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:
@@ -194,27 +209,25 @@ class Timers(Generic[E]):
         now = self._loop.time()
         due: list[tuple[int, E, Any]] = []
         deadlines, graces, heap = self._deadlines, self._graces, self._heap
-        while deadlines and deadlines[0].deadline_at <= now:
-            entry = deadlines.popleft()
-            due.append((DEADLINE, entry, entry.timeout))
+        for timeout, queue in list(deadlines.items()):
+            while queue and queue[0].deadline_at <= now:
+                due.append((DEADLINE, queue.popleft(), timeout))
+            if not queue:
+                del deadlines[timeout]  # (a queue comes back with its timeout's next call)
         while graces and graces[0].grace_at <= now:
-            entry = graces.popleft()
-            due.append((GRACE, entry, 0))
+            due.append((GRACE, graces.popleft(), 0))
         while heap and heap[0][0] <= now:
             _, _, kind, entry, payload = heapq.heappop(heap)
             due.append((kind, entry, payload))
         self._items -= len(due)
         for kind, entry, payload in due:
-            entry.timer_items -= 1
-            if entry.closed:
-                self._stale = max(0, self._stale - 1)
-            else:
+            if not entry.closed:
                 try:
                     self._on_due(entry, kind, payload)
                 except Exception:  # a bug; the other due items and the re-arm must still run
                     log.exception("timer callback failed")
         when = min(
-            deadlines[0].deadline_at if deadlines else math.inf,
+            min((q[0].deadline_at for q in deadlines.values() if q), default=math.inf),
             graces[0].grace_at if graces else math.inf,
             heap[0][0] if heap else math.inf,
         )

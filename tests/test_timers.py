@@ -31,7 +31,7 @@ async def test_items_fire_in_time_order_on_one_handle() -> None:
     now = loop.time()
     a, b, c = entry("a"), entry("b"), entry("c")
     timers.add_deadline(a, now + 0.05, 0.05)
-    timers.add_deadline(b, now + 0.02, 0.02)  # out of FIFO order: goes to the heap
+    timers.add_deadline(b, now + 0.02, 0.02)  # another timeout: a queue of its own
     timers.add_grace(c, now + 0.01)
     timers.add(now + 0.03, GRACE, a, "payload")
     assert len(timers) == 4
@@ -40,7 +40,7 @@ async def test_items_fire_in_time_order_on_one_handle() -> None:
     assert fired[0] == ("c", GRACE, 0)  # the first grace: wait number 0
     assert fired[1] == ("b", DEADLINE, 0.02)
     assert fired[2] == ("a", GRACE, "payload")
-    assert len(timers) == 0 and a.timer_items == b.timer_items == c.timer_items == 0
+    assert len(timers) == 0
     # never more than one loop timer for all of them
     scheduled = loop._scheduled  # type: ignore[attr-defined]
     assert len([h for h in scheduled if not h.cancelled()]) <= 1
@@ -79,6 +79,50 @@ async def test_compaction_keeps_memory_proportional_to_live_calls() -> None:
     assert len(timers) == 0
 
 
+async def test_calls_finishing_oldest_first_are_compacted_away() -> None:
+    """A burst released in the order it started (as pushes come): finished calls are not at the
+    queues' tails, yet the items stay proportional to the calls in flight."""
+    loop = asyncio.get_running_loop()
+    timers: Timers[Pending] = Timers(loop, lambda e, k, p: None)
+    now = loop.time()
+    window: list[Pending] = []
+    peak = 0
+    for i in range(20_000):
+        e = entry(str(i))
+        timers.add_deadline(e, now + 100, 100)
+        timers.add_grace(e, now + 50)
+        window.append(e)
+        if len(window) > 500:  # 500 in flight; the oldest finishes
+            old = window.pop(0)
+            old.closed = True
+            timers.release(old)
+        peak = max(peak, len(timers))
+    assert peak <= 1024 + 4 * 501 + 2
+    assert {id(e) for e in timers.open_entries()} == {id(e) for e in window}
+    timers.close()
+
+
+async def test_each_timeout_gets_a_queue_and_more_go_to_the_heap() -> None:
+    """Deadlines fire with their own call's timeout as payload, whatever the mix of timeouts."""
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[str, float]] = []
+    timers: Timers[Pending] = Timers(loop, lambda e, k, p: fired.append((e.order_id, p)))
+    now = loop.time()
+    rng = random.Random(5)
+    expected = []
+    for i in range(40):
+        timeout = rng.choice([0.01, 0.02, 0.03]) if i < 20 else 0.001 * (i + 1)
+        timers.add_deadline(entry(f"c{i}"), now + timeout, timeout)
+        expected.append((f"c{i}", timeout))
+    assert len(timers._deadlines) <= 8 and timers._heap
+    done = asyncio.Event()
+    loop.call_at(now + 0.2, done.set)
+    await asyncio.wait_for(done.wait(), 2)
+    assert sorted(fired) == sorted(expected)
+    assert len(timers) == 0
+    timers.close()
+
+
 async def test_a_finished_newest_call_leaves_nothing_behind() -> None:
     """Sequential callers: each finished call's items are dropped at once, not kept until due."""
     loop = asyncio.get_running_loop()
@@ -90,7 +134,7 @@ async def test_a_finished_newest_call_leaves_nothing_behind() -> None:
         timers.add_grace(e, now + 1 + i)
         e.closed = True
         timers.release(e)
-        assert len(timers) == 0 and e.timer_items == 0
+        assert len(timers) == 0
     timers.close()
 
 
