@@ -95,7 +95,7 @@ async def in_process(n: int, per_frame: int) -> dict[str, float]:
     )
     tracker = client._tracker
     now = time.monotonic()
-    entries = [tracker.start(Call(loop, "linear", "SOLUSDT", oid, ""), now=now) for oid in ids]
+    entries = [tracker.start(Call("linear", "SOLUSDT", oid, ""), now=now) for oid in ids]
     gc.collect()
     route = stream._route
     t0 = time.perf_counter()

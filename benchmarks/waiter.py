@@ -47,7 +47,7 @@ def future_waiter(loop: asyncio.AbstractEventLoop) -> Waiter:
 
 
 def call_waiter(loop: asyncio.AbstractEventLoop) -> Waiter:
-    entry = Call(loop, "linear", "BTCUSDT", "order-id", "")
+    entry = Call("linear", "BTCUSDT", "order-id", "")
     return [entry], entry, entry.wake
 
 

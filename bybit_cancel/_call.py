@@ -4,10 +4,10 @@ A parked ``cancel_order`` used to wait on an ``asyncio.Future`` beside its entry
 call, and an ``__await__`` written as a generator would cost a 192-byte generator frame instead.
 With 10,000 cancels parked that was the largest part of the library's own memory. So the entry
 itself speaks the part of asyncio's Future protocol that a ``Task`` uses on what it awaits (a
-"Future-compatible object", see ``asyncio.isfuture``): ``_asyncio_future_blocking``, ``_loop``
-(read when there is no ``get_loop``), ``add_done_callback``, ``result`` and ``cancel``; and its
-``__await__`` returns the entry itself as the iterator, so awaiting it allocates nothing.
-Unlike a Future, ``result()`` never raises: a cancel reaches the coroutine from ``__next__``.
+"Future-compatible object", see ``asyncio.isfuture``): ``_asyncio_future_blocking``,
+``get_loop``, ``add_done_callback``, ``result`` and ``cancel``. Its
+``__await__`` returns a C iterator (48 bytes while parked) that yields the entry once. Unlike a
+Future, ``result()`` never raises: a cancel reaches the coroutine from the Task itself.
 
 Only bybit_cancel's own coroutines await a Call, one wait at a time, so it keeps one callback. A
 call may wait several times (the slow path parks again between REST lookups): :meth:`Call.rearm`
@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import operator
+from asyncio import get_running_loop
 from collections.abc import Callable, Generator
+from itertools import repeat
 from typing import Any
 
 from ._core import CLOSED, Pending
@@ -34,6 +37,8 @@ _WAIT = 64  # the wait number counts from this bit up
 _Callback = Callable[["Call"], object]
 # A C callable that takes nothing and returns None: NoneType itself.
 _NONE: Callable[[], None] = type(None)
+# An exhausted iterator: awaiting a wait that has ended returns at once. Shared: it holds nothing.
+_ENDED = iter(())
 
 
 class Call(Pending):
@@ -43,24 +48,22 @@ class Call(Pending):
     ``Task.cancel()`` on the awaiting task ends the wait with ``CancelledError``, as with a Future.
     """
 
-    # `_asyncio_future_blocking` and `_loop` are what a Task reads on an awaited Future-like
-    # object: as slots, the Task reads and writes them in C, without a Python call.
-    __slots__ = ("_asyncio_future_blocking", "_callback", "_context", "_loop")
+    # Two slots only: with 10,000 calls parked every slot is 80 kB (benchmarks/scale.py).
+    __slots__ = ("_callback", "_context")
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        category: str,
-        symbol: str,
-        order_id: str,
-        order_link_id: str,
-    ) -> None:
+    # What a Task reads on an awaited Future-like object, answered by C callables rather than
+    # slots. `_asyncio_future_blocking` reads True (bool(self)) and ignores the Task's write of
+    # False (operator.is_): only bybit_cancel's coroutines await a Call, and only with `await`,
+    # so the flag has nothing to catch. The loop is the running one: a Call is created, awaited
+    # and woken on its client's loop.
+    _asyncio_future_blocking = property(bool, operator.is_)  # type: ignore[arg-type]
+    get_loop = staticmethod(asyncio.get_running_loop)
+
+    def __init__(self, category: str, symbol: str, order_id: str, order_link_id: str) -> None:
         Pending.__init__(self, category, symbol, order_id, order_link_id)  # (cheaper than super())
-        self._loop = loop
-        self._asyncio_future_blocking = False
         self._callback: _Callback | None = None
-        # The awaiting task's context while it waits; after a cancel, the cancel's message.
-        self._context: object = None
+        # The awaiting task's context while it waits.
+        self._context: contextvars.Context | None = None
 
     # -- for bybit_cancel ----------------------------------------------------------------------
 
@@ -80,7 +83,7 @@ class Call(Pending):
             self._callback = None
             context = self._context
             self._context = None
-            self._loop.call_soon(callback, self, context=context)  # type: ignore[arg-type]
+            get_running_loop().call_soon(callback, self, context=context)
 
     def rearm(self) -> None:
         """Start the next wait, after the current one has ended."""
@@ -106,7 +109,7 @@ class Call(Pending):
         self, fn: _Callback, *, context: contextvars.Context | None = None
     ) -> None:
         if self._flags & DONE:
-            self._loop.call_soon(fn, self, context=context)
+            get_running_loop().call_soon(fn, self, context=context)
             return
         if self._callback is not None:
             raise RuntimeError("a pending cancel is awaited by its own call only")
@@ -114,36 +117,29 @@ class Call(Pending):
         self._context = context
 
     def cancel(self, msg: Any | None = None) -> bool:
+        """Called by the awaiting Task's ``cancel(msg)``: ends the wait, and returns False, as a
+        Future that had already ended would. The Task then keeps ``msg`` and throws
+        ``CancelledError(msg)`` into the coroutine itself when it resumes, so neither this entry
+        nor its iterator need to raise anything (see ``__await__``)."""
         if self._flags & DONE:
             return False
         self._flags |= CANCELLED
         self.wake()
-        self._context = msg  # (the context slot is free once the wait has ended)
-        return True
+        return False
 
     # A Task calls result() when woken, only to learn whether to throw an error into the
-    # coroutine. It need not: the coroutine resumes in __next__, which raises CancelledError
-    # after a cancel. So result() is a C callable returning None (no Python frame on the wake-up
-    # path, which matters when the caches are cold: the wake-up is the confirm's latency).
+    # coroutine; a cancel is thrown by the Task itself (see cancel). So result() is a C callable
+    # returning None: no Python frame on the wake-up path, which matters when the caches are
+    # cold (the wake-up is the confirm's latency).
     result = staticmethod(_NONE)
 
     def __await__(self) -> Generator[Any, None, None]:
-        return self  # type: ignore[return-value]  # its own iterator: no generator per await
+        # The iterator is C code (itertools.repeat, 48 bytes while parked) that hands the entry
+        # to the Task once and is then exhausted: the coroutine suspends and resumes without a
+        # Python frame and without a StopIteration object, which a Python __next__ would cost
+        # (about 0.4 us per wait, benchmarks in docs/performance.md item 21).
+        if self._flags & DONE:
+            return _ENDED  # type: ignore[return-value]
+        return repeat(self, 1)  # type: ignore[return-value]
 
     __iter__ = __await__
-
-    def __next__(self) -> Call:
-        flags = self._flags
-        if not flags & DONE:
-            # Suspend, as Future.__await__ does: the Task sees a Future that asks to block,
-            # clears the flag, and adds its callback.
-            self._asyncio_future_blocking = True
-            return self
-        if flags & CANCELLED:
-            raise self._cancelled_error()
-        raise StopIteration
-
-    def _cancelled_error(self) -> asyncio.CancelledError:
-        # As asyncio.Future does: the message, if the cancel gave one, is the only argument.
-        msg = self._context
-        return asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)

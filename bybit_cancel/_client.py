@@ -447,7 +447,7 @@ class BybitCancelClient:
         assert loop is not None and timers is not None
         # (The link id only when there is no order id: the id wins on Bybit.)
         entry = self._tracker.start(
-            Call(loop, category, symbol, order_id or "", "" if order_id else order_link_id or ""),
+            Call(category, symbol, order_id or "", "" if order_id else order_link_id or ""),
             now=time.monotonic(),
         )
         if not isinstance(entry, CancelResult):
@@ -626,8 +626,8 @@ class BybitCancelClient:
             return outcome
         raise BybitAPIError(
             exc.ret_code,
-            f"{exc.ret_msg} (yet the order is {entry.last_status}: for spot TP/SL and conditional "
-            "orders pass order_filter)",
+            f"{exc.ret_msg} (yet the order is {self._tracker.last_status(entry)}: for spot TP/SL "
+            "and conditional orders pass order_filter)",
         ) from None
 
     # -- callbacks from the stream (on the stream task) ----------------------------------------
@@ -676,14 +676,14 @@ class BybitCancelClient:
         if entry.final is not None:
             self._interrupt_owner(entry)
             return
-        self._tracker.forget(entry)
         error = ConfirmationTimeout(
             order_id=entry.order_id or None,
             order_link_id=entry.order_link_id or None,
-            last_status=entry.last_status,
+            last_status=self._tracker.last_status(entry),
             acknowledged=entry.acknowledged,
             timeout=payload,
         )
+        self._tracker.forget(entry)
         self._interrupt(entry, error)
 
     @classmethod

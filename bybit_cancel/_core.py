@@ -25,12 +25,14 @@ from typing import Generic, TypeVar
 import msgspec
 
 from ._models import (
+    DECIMALS,
     FINAL_BY_WIRE,
+    ZERO,
     CancelResult,
     OrderStatus,
     Source,
     WireOrder,
-    result_from_wire,
+    to_decimal,
 )
 
 __all__ = ["CancelTracker", "Pending"]
@@ -61,13 +63,10 @@ class Pending:
         "error",
         "final",
         "grace_at",
-        "last",
         "order_id",
         "order_link_id",
         "owner",
         "symbol",
-        "timeout",
-        "timer_items",
     )
 
     def __init__(self, category: str, symbol: str, order_id: str, order_link_id: str) -> None:
@@ -84,16 +83,10 @@ class Pending:
         # stays cheap.
         self.final: _Final | None = None
         self.error: BaseException | None = None
-        # (updatedTime, orderStatus) of the newest non-final update, for diagnostics; one slot,
-        # allocated only when such an update comes.
-        self.last: tuple[int, str] | None = None
         # For the I/O layer: the task inside a REST call on this entry's behalf (so a close can
         # interrupt it); see `interrupted`. Opaque here.
         self.owner: object | None = None
-        # For the I/O layer's timers: how many of its queue entries point here, and when the
-        # call's deadline and first grace expire.
-        self.timer_items = 0
-        self.timeout = 0.0
+        # For the I/O layer's timers: when the call's deadline and first grace expire.
         self.deadline_at = 0.0
         self.grace_at = 0.0
 
@@ -134,12 +127,6 @@ class Pending:
         self._flags = self._flags | INTERRUPTED if on else self._flags & ~INTERRUPTED
 
     @property
-    def last_status(self) -> str | None:
-        """The newest non-final ``orderStatus`` seen for the order, if any."""
-        last = self.last
-        return None if last is None else last[1]
-
-    @property
     def outcome(self) -> CancelResult | None:
         """The confirmed final state, or ``None`` while pending.
 
@@ -150,7 +137,7 @@ class Pending:
 
     def __repr__(self) -> str:
         ident = self.order_id or self.order_link_id
-        return f"<Pending {self.category}:{self.symbol}:{ident} last={self.last_status}>"
+        return f"<Pending {self.category}:{self.symbol}:{ident}>"
 
 
 K = TypeVar("K")
@@ -222,7 +209,31 @@ class _Final(msgspec.Struct, gc=False):
     at: float
 
     def result(self) -> CancelResult:
-        return result_from_wire(self.order, self.status, self.source)
+        """The public result. Raises ``ValueError``/``ArithmeticError`` for a quantity or a time
+        that is not a number."""
+        # Once per confirmed cancel, after the push: on the latency path, so in one frame, with
+        # positional arguments and to_decimal's cache lookup inlined for the common case.
+        order = self.order
+        cum = DECIMALS.get(order.cum_exec_qty)
+        if cum is None:
+            cum = to_decimal(order.cum_exec_qty)
+        leaves = DECIMALS.get(order.leaves_qty)
+        if leaves is None:
+            leaves = to_decimal(order.leaves_qty)
+        updated = order.updated_time
+        return CancelResult(
+            order.order_id,
+            order.order_link_id,
+            order.category,
+            order.symbol,
+            self.status,
+            order.cancel_type,
+            order.reject_reason,
+            ZERO if cum is None else cum,
+            leaves,
+            int(updated) if updated else 0,
+            self.source,
+        )
 
 
 class CancelTracker(Generic[E]):
@@ -251,6 +262,10 @@ class CancelTracker(Generic[E]):
         self._recent_limit = recent_size + _EVICT_SLACK
         self._recent_age = recent_age
         self._inserts = 0
+        # entry -> (updatedTime, orderStatus) of the newest open update seen for its order, for
+        # diagnostics. Here rather than on the entry: few cancels see one, and every slot of an
+        # entry costs 80 kB per 10,000 pending.
+        self._last: dict[E, tuple[int, str]] = {}
 
     # -- registration --------------------------------------------------------------------------
 
@@ -304,6 +319,8 @@ class CancelTracker(Generic[E]):
 
     def forget(self, entry: E) -> None:
         """Remove a pending cancel (resolved, timed out, cancelled, failed). Idempotent."""
+        if self._last:
+            self._last.pop(entry, None)
         removed = False
         if entry.order_id:
             removed = self._by_id.remove(entry.order_id, entry)
@@ -321,54 +338,58 @@ class CancelTracker(Generic[E]):
         Returns the pending cancels they resolved, each with ``final`` set (``result`` builds the
         public result from it: ``outcome``) and already removed.
         """
+        # The router's hot path: per order, one status lookup, one insert into the memory and
+        # one pop from the id index, with the bookkeeping that can wait done once per frame.
         resolved: list[E] = []
         by_id = self._by_id.one
-        by_link = self._by_link.one
         recent = self._recent
+        # The common case, one cancel per order id and none by link id (decided once per push:
+        # the loop below changes neither).
+        simple = not (self._by_id.more or self._by_link.one)
+        inserted = 0
         for order in orders:
             status = FINAL_BY_WIRE.get(order.order_status)
-            if status is None:
-                final = None
-            else:
-                # Remember it; sticky: the first final state seen for an order wins. (The
-                # memory's insert, inlined: this loop is the hot path.)
-                final = _Final(order, status, source, now)
-                known = recent.setdefault(order.order_id, final)
-                if known is not final:
-                    final = known
-                else:
-                    if order.order_link_id:
-                        self._recent_link[(order.category, order.order_link_id)] = order.order_id
-                    self._inserts += 1
-                    if len(recent) > self._recent_limit or not self._inserts & 127:
-                        # In batches: by size when over the bound by a little, by age every 128
-                        # inserts, so a full memory does not pay an eviction on every insert.
-                        self._evict(now)
-            if not (by_id or by_link):
+            if status is None:  # an open state: noted on the entries it matches, if any
+                if not simple:
+                    self._note_open(self._matching(order), order)
+                elif by_id:
+                    head = by_id.get(order.order_id)
+                    if head is not None and (not order.category or head.category == order.category):
+                        self._note_open((head,), order)
                 continue
-            # The common case, one cancel per order id and none by link id, without allocations.
-            head = by_id.get(order.order_id)
-            if head is not None and not self._by_id.more and not by_link:
+            # Remember it; sticky: the first final state seen for an order wins.
+            final = _Final(order, status, source, now)
+            known = recent.setdefault(order.order_id, final)
+            if known is not final:
+                final = known
+            else:
+                inserted += 1
+                if order.order_link_id:
+                    self._recent_link[(order.category, order.order_link_id)] = order.order_id
+            if simple:
+                head = by_id.pop(order.order_id, None)
+                if head is None:
+                    continue
                 if order.category and head.category != order.category:
+                    by_id[order.order_id] = head  # another category's order: put it back
                     continue
-                if final is None:
-                    self._note_open((head,), order)
-                    continue
-                head.final = final
-                del by_id[order.order_id]  # forget(head), inlined: it is the only entry
-                self._count -= 1
+                head.final = final  # (forget(head), inlined: it was the only entry)
+                if self._last:
+                    self._last.pop(head, None)
                 resolved.append(head)
                 continue
-            matched = self._matching(order)
-            if not matched:
-                continue
-            if final is None:
-                self._note_open(matched, order)
-                continue
-            for entry in matched:
+            for entry in self._matching(order):
                 entry.final = final
                 self.forget(entry)
                 resolved.append(entry)
+        if simple:
+            self._count -= len(resolved)
+        if inserted:
+            # Trimmed in batches: by size when over the bound by a little, by age every 128
+            # pushes that added states, so a full memory does not pay an eviction per insert.
+            self._inserts += 1
+            if len(recent) > self._recent_limit or not self._inserts & 127:
+                self._evict(now)
         return resolved
 
     def _matching(self, order: WireOrder) -> list[E]:
@@ -385,17 +406,21 @@ class CancelTracker(Generic[E]):
                     matched.append(e)
         return matched
 
-    @staticmethod
-    def _note_open(matched: Sequence[E], order: WireOrder) -> None:
+    def last_status(self, entry: E) -> str | None:
+        """The newest open ``orderStatus`` seen for a pending cancel's order, if any."""
+        last = self._last.get(entry)
+        return None if last is None else last[1]
+
+    def _note_open(self, matched: Sequence[E], order: WireOrder) -> None:
         # Non-final update: remember the newest status for diagnostics; ignore stale ones.
         try:
             updated = int(order.updated_time) if order.updated_time else 0
         except ValueError:
             updated = 0
         for entry in matched:
-            last = entry.last
+            last = self._last.get(entry)
             if last is None or updated >= last[0]:
-                entry.last = (updated, order.order_status)
+                self._last[entry] = (updated, order.order_status)
 
     def _result(self, final: _Final) -> CancelResult | None:
         try:
@@ -420,6 +445,7 @@ class CancelTracker(Generic[E]):
             entry.linked = False
         self._by_id.clear()
         self._by_link.clear()
+        self._last.clear()
         self._count = 0
         return entries
 

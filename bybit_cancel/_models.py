@@ -68,7 +68,7 @@ _CANCELLED = frozenset(
 FINAL_BY_WIRE: dict[str, OrderStatus] = {s.value: s for s in _FINAL}
 
 
-class CancelResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class CancelResult(msgspec.Struct, frozen=True, gc=False):
     """The confirmed final state of an order after a cancel request.
 
     ``status`` is the truth: a cancel that lost the race against a fill comes back as ``Filled``
@@ -184,43 +184,19 @@ server_time_decoder = msgspec.json.Decoder(ServerTime)
 encoder = msgspec.json.Encoder()
 
 
-_ZERO = Decimal(0)
+ZERO = Decimal(0)
 # Quantities repeat ("0", an order size used all day): parse each distinct string once. Decimal is
 # immutable, so sharing one is safe; the cache is bounded.
-_DECIMALS: dict[str, Decimal] = {}
+DECIMALS: dict[str, Decimal] = {}
 
 
 def to_decimal(value: str) -> Decimal | None:
     """Bybit sends quantities as strings; ``""`` means "no value" (fixtures README)."""
     if not value:
         return None
-    d = _DECIMALS.get(value)
+    d = DECIMALS.get(value)
     if d is None:
         d = Decimal(value)
-        if len(_DECIMALS) < 4096:
-            _DECIMALS[value] = d
+        if len(DECIMALS) < 4096:
+            DECIMALS[value] = d
     return d
-
-
-def result_from_wire(order: WireOrder, status: OrderStatus, source: Source) -> CancelResult:
-    """Build the public result from a wire order that reached final ``status``."""
-    # The cache lookups of to_decimal, inlined for the common case (this runs once per confirm).
-    cum = _DECIMALS.get(order.cum_exec_qty)
-    if cum is None:
-        cum = to_decimal(order.cum_exec_qty)
-    leaves = _DECIMALS.get(order.leaves_qty)
-    if leaves is None:
-        leaves = to_decimal(order.leaves_qty)
-    return CancelResult(
-        order_id=order.order_id,
-        order_link_id=order.order_link_id,
-        category=order.category,
-        symbol=order.symbol,
-        status=status,
-        cancel_type=order.cancel_type,
-        reject_reason=order.reject_reason,
-        cum_exec_qty=_ZERO if cum is None else cum,
-        leaves_qty=leaves,
-        updated_time=int(order.updated_time) if order.updated_time else 0,
-        source=source,
-    )

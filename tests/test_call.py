@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -33,7 +34,7 @@ def spawn(request: pytest.FixtureRequest) -> TaskFactory:
 
 
 def make_call() -> Call:
-    return Call(asyncio.get_running_loop(), "linear", "BTCUSDT", "o1", "")
+    return Call("linear", "BTCUSDT", "o1", "")
 
 
 async def settle() -> None:
@@ -43,7 +44,7 @@ async def settle() -> None:
 
 async def test_a_task_waits_until_woken(spawn: TaskFactory) -> None:
     call = make_call()
-    assert asyncio.isfuture(call) and iter(call) is call  # its own iterator: no generator
+    assert asyncio.isfuture(call)
 
     async def waiter() -> str:
         await call
@@ -146,17 +147,30 @@ async def test_one_callback_at_a_time() -> None:
     assert seen == [call]
     call.add_done_callback(seen.append)  # already ended: scheduled at once, as with a Future
     await settle()
-    assert seen == [call, call] and call._loop is loop
+    assert seen == [call, call] and call.get_loop() is loop
 
 
-async def test_result_never_raises_the_cancel_comes_from_the_iterator() -> None:
-    """The Task calls result() on waking; a cancel must reach the coroutine all the same (it is
-    raised by __next__ when the coroutine resumes), in a try/except as a caller would write it."""
+async def test_result_never_raises_the_cancel_comes_from_the_task() -> None:
+    """The Task calls result() on waking; a cancel must reach the coroutine all the same: cancel()
+    ends the wait and answers False, so the Task throws CancelledError(msg) itself."""
     call = make_call()
     assert call.result() is None
-    call.cancel("stop")
-    assert call.result() is None
-    with pytest.raises(asyncio.CancelledError, match="stop"):
+    assert call.cancel("stop") is False
+    assert call.done() and call._flags & CANCELLED and call.result() is None
+    assert call.cancel("again") is False
+
+
+async def test_the_iterator_hands_the_entry_over_once() -> None:
+    """Awaiting yields the entry itself to the Task, once, from a C iterator (no generator, no
+    Python __next__); an ended wait yields nothing."""
+    call = make_call()
+    it = iter(call)
+    assert not inspect.isgenerator(it)
+    assert next(it) is call and call._asyncio_future_blocking is True
+    with pytest.raises(StopIteration):
+        next(it)
+    call.wake()
+    with pytest.raises(StopIteration):
         next(iter(call))
 
 

@@ -274,6 +274,27 @@ async def test_timeout(fx: FakeExchange) -> None:
     assert err.order_id == o.order_id and err.acknowledged
 
 
+async def test_timeout_names_the_last_open_status_seen(fx: FakeExchange) -> None:
+    """A partial fill pushed while the cancel waits shows up in the timeout, with the caller's
+    own timeout (from the timer's queue for that timeout)."""
+    o = fx.seed_order(qty="1")
+    fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=5.0)
+    async with make_client(fx, push_grace=30.0) as client:
+        task = asyncio.create_task(
+            client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=0.7
+            )
+        )
+        await wait_until(lambda: client.pending_count == 1)
+        fx.fill(o.order_id, "0.4")
+        with pytest.raises(ConfirmationTimeout) as info:
+            await asyncio.wait_for(task, 5)
+        assert client.pending_count == 0
+        assert client._tracker._last == {}  # nothing kept for the finished call
+    err = info.value
+    assert err.last_status == "PartiallyFilled" and err.timeout == 0.7
+
+
 async def test_caller_cancellation_leaves_nothing(fx: FakeExchange) -> None:
     """Cancelling the awaiting task removes its pending entry and starts no task."""
     o = fx.seed_order()

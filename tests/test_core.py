@@ -139,7 +139,7 @@ def test_non_final_updates_do_not_resolve_and_track_last_status() -> None:
         ["New", "PartiallyFilled", "Untriggered", "Triggered", "PendingCancel"]
     ):
         assert t.on_orders([order(status=status, updated=str(2000 + i))], "websocket", 1.0) == []
-    assert entry.last_status == "PendingCancel"
+    assert t.last_status(entry) == "PendingCancel"
     assert len(t) == 1
 
 
@@ -149,7 +149,7 @@ def test_stale_open_update_is_ignored() -> None:
     entry = start(t)
     t.on_orders([order(status="PartiallyFilled", updated="2000")], "websocket", 1.0)
     t.on_orders([order(status="New", updated="1000")], "websocket", 1.0)
-    assert entry.last_status == "PartiallyFilled"
+    assert t.last_status(entry) == "PartiallyFilled"
 
 
 @pytest.mark.parametrize(
@@ -435,7 +435,7 @@ def test_random_sequences_keep_the_books_consistent() -> None:
                 if r is not None:
                     del live[e.waiter]
             elif op < 0.8:
-                status = rng.choice(["New", "Cancelled", "Filled"])
+                status = rng.choice(["New", "PartiallyFilled", "Cancelled", "Filled"])
                 for e in t.on_orders(
                     [order(oid, status=status, link=link, category=cat)], "websocket", float(_step)
                 ):
@@ -451,7 +451,7 @@ def test_random_sequences_keep_the_books_consistent() -> None:
             assert sorted(e.waiter for e in t.pending()) == sorted(live)
         for e in list(live.values()):
             t.forget(e)
-        assert len(t) == 0 and t.pending() == []
+        assert len(t) == 0 and t.pending() == [] and t._last == {}
 
 
 def test_memory_of_final_states_stays_bounded_under_a_stream_of_pushes() -> None:
