@@ -21,13 +21,13 @@ import asyncio
 import contextvars
 import operator
 from asyncio import get_running_loop
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from itertools import repeat
 from typing import Any
 
 from ._core import CLOSED, Pending
 
-__all__ = ["Call"]
+__all__ = ["Call", "wake_all"]
 
 # Bits of Pending._flags from 16 up (the core uses the four lowest).
 DONE = 16  # the current wait has ended (woken, cancelled, or the call finished)
@@ -74,16 +74,7 @@ class Call(Pending):
 
     def wake(self) -> None:
         """End the current wait (no-op if it has ended): the awaiting task resumes soon."""
-        flags = self._flags
-        if flags & DONE:
-            return
-        self._flags = flags | DONE
-        callback = self._callback
-        if callback is not None:
-            self._callback = None
-            context = self._context
-            self._context = None
-            get_running_loop().call_soon(callback, self, context=context)
+        wake_all((self,), get_running_loop().call_soon)
 
     def rearm(self) -> None:
         """Start the next wait, after the current one has ended."""
@@ -143,3 +134,19 @@ class Call(Pending):
         return repeat(self, 1)  # type: ignore[return-value]
 
     __iter__ = __await__
+
+
+def wake_all(calls: Iterable[Call], call_soon: Callable[..., object]) -> None:
+    """:meth:`Call.wake` for each of ``calls``, in one frame (the router wakes every call a push
+    resolved): ``call_soon`` is the loop's."""
+    for call in calls:
+        flags = call._flags
+        if flags & DONE:
+            continue
+        call._flags = flags | DONE
+        callback = call._callback
+        if callback is not None:
+            call._callback = None
+            context = call._context
+            call._context = None
+            call_soon(callback, call, context=context)

@@ -30,7 +30,7 @@ from typing import Any, Self
 
 import aiohttp
 
-from ._call import DONE, Call
+from ._call import DONE, Call, wake_all
 from ._core import CancelTracker
 from ._exceptions import (
     NOT_FOUND_RET_CODES,
@@ -633,14 +633,17 @@ class BybitCancelClient:
     # -- callbacks from the stream (on the stream task) ----------------------------------------
 
     def _on_push(self, orders: list[WireOrder]) -> None:
-        # The router's hot path: _deliver, inlined.
-        for entry in self._tracker.on_orders(orders, "websocket", time.monotonic()):
-            entry.wake()
+        # The router's hot path: one frame wakes every call the push resolved.
+        resolved = self._tracker.on_orders(orders, "websocket", time.monotonic())
+        if resolved:
+            loop = self._loop
+            assert loop is not None
+            wake_all(resolved, loop.call_soon)
 
     @staticmethod
     def _deliver(resolved: list[Call]) -> None:
-        for entry in resolved:
-            entry.wake()
+        if resolved:
+            wake_all(resolved, asyncio.get_running_loop().call_soon)
 
     def _on_reconnected(self) -> None:
         # Bybit replays nothing missed while disconnected (§12.4): look every pending cancel up.
