@@ -14,6 +14,11 @@
     every ``cancel_order`` returned gives frames/s. Same for the hand-written floor, in the same
     round; the verdict is the median over the rounds of each round's ratio.
 
+(c) In process, the path (b) measures without its socket: N ``cancel_order`` calls parked on one
+    client (the REST answer stubbed), then every push routed at once; the time until every call
+    returned, against N tasks awaiting futures fed by the floor's decode and dict. Our own code
+    after the push, next to the floor's, without this VM's loopback noise (no target of its own).
+
 Targets: (a) >= 150,000 updates/s and >= 4 x json+dict; (b) >= 0.95 x the floor's frames/s.
 """
 
@@ -38,8 +43,11 @@ from benchmarks._common import machine, median, run, verdict
 from benchmarks._fake import FakeHandle
 from bybit_cancel import BybitCancelClient
 from bybit_cancel._call import Call
+from bybit_cancel._client import _State
+from bybit_cancel._models import AckEnvelope, CancelAck
 from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
+from bybit_cancel._timers import Timers
 
 FIXTURE = (
     Path(__file__).resolve().parent.parent.parent
@@ -123,6 +131,87 @@ async def in_process(n: int, per_frame: int) -> dict[str, float]:
         out[name] = n / (time.perf_counter() - t0)
         if pending:
             raise RuntimeError(f"{name}: {len(pending)} left")
+    return out
+
+
+class _AckAtOnce:
+    """Stands in for the RestClient: every cancel is acknowledged at once."""
+
+    async def cancel(self, body: dict[str, str]) -> AckEnvelope:
+        return AckEnvelope(0, "OK", CancelAck(body["orderId"], ""))
+
+
+async def parked_in_process(n: int, per_frame: int) -> dict[str, float]:
+    """(c): updates/s from the routed pushes to every caller resumed, ours and the floor's."""
+    loop = asyncio.get_running_loop()
+    frames, ids = recorded_frames(n, per_frame)
+    out: dict[str, float] = {}
+
+    client = BybitCancelClient(
+        api_key="k", api_secret="s", rest_url="http://x", ws_url="ws://x", push_grace=600.0
+    )
+    client._loop = loop
+    client._timers = Timers(loop, client._on_timer)
+    client._rest = _AckAtOnce()  # type: ignore[assignment]
+    client._state = _State.OPEN
+    stream = PrivateStream(
+        "ws://x",
+        Credentials("k", "s"),
+        now_ms=lambda: 0,
+        on_orders=client._on_push,
+        on_reconnected=_noop,
+        on_failed=_noop,
+        resync_clock=None,
+        ping_interval=20.0,
+        handshake_timeout=10.0,
+        auth_expiry_ms=10_000,
+        reconnect_backoff=(0.1, 1.0),
+        rng=__import__("random").Random(1),
+    )
+    calls = [
+        loop.create_task(client.cancel_order(category="linear", symbol="SOLUSDT", order_id=oid))
+        for oid in ids
+    ]
+    for _ in range(5):  # each call: start, the (stubbed) request, the ack, the park
+        await asyncio.sleep(0)
+    parked = client._tracker.pending()
+    if len(parked) != n or not all(e.acknowledged and not e.done() for e in parked):
+        raise RuntimeError("parked in process: the calls did not all park")
+    del parked
+    gc.collect()
+    route = stream._route
+    t0 = time.perf_counter()
+    for raw in frames:
+        route(raw)
+    results = await asyncio.gather(*calls)
+    out["bybit_cancel"] = n / (time.perf_counter() - t0)
+    client._timers.close()
+    if len(results) != n or any(r.order_id != oid for r, oid in zip(results, ids, strict=True)):
+        raise RuntimeError("parked in process: wrong results")
+
+    pending: dict[str, asyncio.Future[Any]] = {}
+
+    async def floor_cancel(oid: str) -> Any:
+        fut = loop.create_future()
+        pending[oid] = fut
+        return await fut
+
+    waits = [loop.create_task(floor_cancel(oid)) for oid in ids]
+    await asyncio.sleep(0)
+    if len(pending) != n:
+        raise RuntimeError("parked in process: the floor's calls did not all park")
+    gc.collect()
+    decode = msgspec.json.decode
+    t0 = time.perf_counter()
+    for raw in frames:
+        msg = decode(raw)
+        for order in msg.get("data") or ():
+            if order["orderStatus"] in FINAL:
+                fut = pending.pop(order["orderId"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(order)
+    await asyncio.gather(*waits)
+    out["floor"] = n / (time.perf_counter() - t0)
     return out
 
 
@@ -238,6 +327,24 @@ async def throughput(
         print(
             f"{verdict(ratio >= 0.95)} {pf:>2}/frame: {ratio:.3f} x the floor's frames/s, median of "
             f"the rounds' ratios (they ranged {low:.2f}-{high:.2f}; target >= 0.95)"
+        )
+    print(
+        f"(c) in process, one core: {ws_n} parked cancel_order calls resumed by routed pushes, "
+        f"best of {rounds} rounds"
+    )
+    print(f"{'client':<16}{'1/frame':>14}{'10/frame':>14}   (calls resumed/s)")
+    parked: dict[int, dict[str, float]] = {1: {}, 10: {}}
+    for _ in range(rounds):
+        for pf in (1, 10):
+            for name, rate in (await parked_in_process(ws_n, pf)).items():
+                parked[pf][name] = max(rate, parked[pf].get(name, 0.0))
+    for name in ("bybit_cancel", "floor"):
+        print(f"{name:<16}{parked[1][name]:>14,.0f}{parked[10][name]:>14,.0f}")
+    for pf in (1, 10):
+        ours, base = parked[pf]["bybit_cancel"], parked[pf]["floor"]
+        print(
+            f"INFO {pf:>2}/frame: {ours / base:.3f} x the floor's rate; from the frame to the "
+            f"returned call, ours takes {(1 / ours - 1 / base) * 1e6:+.2f} us per call against it"
         )
     return ok
 
