@@ -396,7 +396,8 @@ class BybitCancelClient:
             # The fast path, in this one frame: send, note the ack, park until the push.
             entry.owner = asyncio.current_task()
             try:
-                ack = (await self._http.cancel(body)).result or _NO_ACK
+                # (`_rest` is set while the client is open, which _begin checked.)
+                ack = (await self._rest.cancel(body)).result or _NO_ACK  # type: ignore[union-attr]
             except Exception:
                 entry.owner = None
                 return await self._after_send_error(entry, _handled(), order_filter)
@@ -490,12 +491,6 @@ class BybitCancelClient:
         timers = self._timers
         if timers is not None:
             timers.release(entry)
-
-    @property
-    def _http(self) -> RestClient:
-        rest = self._rest
-        assert rest is not None
-        return rest
 
     async def _after_send_error(
         self, entry: Call, exc: Exception, order_filter: str | None

@@ -22,7 +22,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Coroutine
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -351,7 +350,34 @@ class RestClient:
             try:
                 try:
                     self.stats.requests += 1
-                    async with self._request(method, path, params) as resp:
+                    # Signed now (§1 timestamp window), in this frame (`Clock.now_ms` inlined).
+                    now_ms = int(time.time() * 1000) + self.clock.offset_ms
+                    if method == "GET":
+                        # Bybit signs the query string exactly as sent (§1). Values here are
+                        # symbols, ids and enum words ([A-Za-z0-9_.-], validated), so no
+                        # percent-encoding is involved; yarl is told the URL is already encoded
+                        # so it sends these bytes unchanged.
+                        query = "&".join(f"{k}={v}" for k, v in params.items())
+                        ctx = self._session.get(
+                            URL(f"{self._base}{path}?{query}", encoded=True),
+                            headers=self._signer.headers(now_ms, query.encode()),
+                            timeout=self._timeout,
+                            # Never follow a redirect: it would re-send the signed headers to
+                            # another host.
+                            allow_redirects=False,
+                        )
+                    else:
+                        payload = encoder.encode(params)
+                        signed = self._signer.headers(now_ms, payload)
+                        signed["Content-Type"] = "application/json"
+                        ctx = self._session.post(
+                            self._base + path,
+                            data=payload,
+                            headers=signed,
+                            timeout=self._timeout,
+                            allow_redirects=False,
+                        )
+                    async with ctx as resp:
                         status, headers, body = resp.status, resp.headers, await resp.read()
                 finally:
                     if slots:
@@ -417,33 +443,6 @@ class RestClient:
         level = logging.WARNING if failures == 3 else logging.DEBUG
         log.log(level, "retrying %s in %.3fs (failure %d)", why, delay, failures)
         await asyncio.sleep(delay)
-
-    def _request(
-        self, method: str, path: str, params: dict[str, Any]
-    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        """The signed request for one attempt, signed now (§1 timestamp window); not yet sent."""
-        if method == "GET":
-            # Bybit signs the query string exactly as sent (§1). Values here are symbols, ids and
-            # enum words ([A-Za-z0-9_.-], validated), so no percent-encoding is involved; yarl is
-            # told the URL is already encoded so it sends these bytes unchanged.
-            query = "&".join(f"{k}={v}" for k, v in params.items())
-            payload = query.encode()
-            headers = self._signer.headers(self.clock.now_ms(), payload)
-            url = URL(f"{self._base}{path}?{query}", encoded=True)
-            # Never follow a redirect: it would re-send the signed headers to another host.
-            return self._session.get(
-                url, headers=headers, timeout=self._timeout, allow_redirects=False
-            )
-        payload = encoder.encode(params)
-        headers = self._signer.headers(self.clock.now_ms(), payload)
-        headers["Content-Type"] = "application/json"
-        return self._session.post(
-            self._base + path,
-            data=payload,
-            headers=headers,
-            timeout=self._timeout,
-            allow_redirects=False,
-        )
 
     def _release_slot(self) -> None:
         # Hand the slot straight to the longest waiter (FIFO, so nobody starves in a burst).
