@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import operator
-from asyncio import get_running_loop
+from asyncio import _get_running_loop, get_running_loop
 from collections.abc import Callable, Generator, Iterable
 from itertools import repeat
 from typing import Any
@@ -74,7 +74,16 @@ class Call(Pending):
 
     def wake(self) -> None:
         """End the current wait (no-op if it has ended): the awaiting task resumes soon."""
-        wake_all((self,), get_running_loop().call_soon)
+        callback = self._callback
+        if callback is None:  # not awaited (yet): nothing to schedule
+            self._flags |= DONE
+            return
+        loop = _get_running_loop()
+        if loop is None:
+            # Outside the loop: the coroutine closed or collected while its loop is stopped
+            # (finish()). The callback is the awaiting Task's own wake-up: use the Task's loop.
+            loop = callback.__self__.get_loop()  # type: ignore[attr-defined]
+        wake_all((self,), loop.call_soon)
 
     def rearm(self) -> None:
         """Start the next wait, after the current one has ended."""
@@ -111,7 +120,12 @@ class Call(Pending):
         """Called by the awaiting Task's ``cancel(msg)``: ends the wait, and returns False, as a
         Future that had already ended would. The Task then keeps ``msg`` and throws
         ``CancelledError(msg)`` into the coroutine itself when it resumes, so neither this entry
-        nor its iterator need to raise anything (see ``__await__``)."""
+        nor its iterator need to raise anything (see ``__await__``).
+
+        One difference from a Future: on Python 3.13, a cancel taken back with ``Task.uncancel()``
+        before the task resumes is not delivered (3.13's ``uncancel`` clears the Task's own
+        pending cancel); the wait has ended all the same, and ``cancel_order`` goes on from there.
+        """
         if self._flags & DONE:
             return False
         self._flags |= CANCELLED

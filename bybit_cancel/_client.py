@@ -114,7 +114,12 @@ def validate_cancel(
             raise ValueError("order_filter applies to spot orders only")
         if order_filter not in SPOT_ORDER_FILTERS:
             raise ValueError(f"order_filter must be one of {sorted(SPOT_ORDER_FILTERS)}")
-    if not isinstance(timeout, _NUMBER) or not math.isfinite(timeout) or timeout <= 0:
+    if (
+        not isinstance(timeout, _NUMBER)
+        or isinstance(timeout, bool)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     body = {"category": category, "symbol": symbol}
     if order_id:

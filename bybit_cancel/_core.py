@@ -240,8 +240,8 @@ class CancelTracker(Generic[E]):
     """Tracks pending cancels and decides what each order update resolves.
 
     Args:
-        recent_size: how many recent final states to remember (trimmed in small batches, so the
-            memory may run over by up to 256 between trims).
+        recent_size: how many recent final states to remember (trimmed in small batches after a
+            push, so the memory may run over by up to 256, plus one push's new states).
         recent_age: how long (seconds) to remember a final state.
     """
 

@@ -92,11 +92,18 @@ class Timers(Generic[E]):
         self._open += 1
         queue = self._deadlines.get(timeout)
         if queue is None:
-            if len(self._deadlines) >= _MAX_QUEUES:
+            deadlines = self._deadlines
+            if len(deadlines) >= _MAX_QUEUES:
+                # Drop the queues emptied by release() (kept so that calls repeating a timeout
+                # reuse theirs). Callers computing each timeout (a remaining budget) get one
+                # queue after another, and their finished calls still leave at once.
+                for empty in [t for t, q in deadlines.items() if not q]:
+                    del deadlines[empty]
+            if len(deadlines) >= _MAX_QUEUES:
                 entry.deadline_at = when
                 self.add(when, DEADLINE, entry, timeout)
                 return
-            queue = self._deadlines[timeout] = deque()
+            queue = deadlines[timeout] = deque()
         self._enqueue(queue, entry, when, DEADLINE, timeout)
 
     def add_grace(self, entry: E, when: float) -> None:
@@ -139,7 +146,8 @@ class Timers(Generic[E]):
 
     def release(self, entry: E) -> None:
         """The entry's call finished (``entry.closed`` is set): its items are stale."""
-        self._open -= 1
+        if self._open:  # (0 for calls that end after close())
+            self._open -= 1
         # The newest call usually finishes first (always, for sequential callers): drop its items
         # from the tails at once, so finished calls are not kept alive until their deadline.
         queue = self._graces

@@ -216,3 +216,28 @@ async def test_closing_the_coroutine_while_parked_ends_its_task(spawn: TaskFacto
     with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
         await asyncio.wait_for(task, 2)
     assert call._callback is None and call._context is None
+
+
+def test_closing_a_parked_coroutine_while_its_loop_is_stopped() -> None:
+    """A coroutine closed (or collected) between two runs of its loop: finish() ends the wait on
+    the awaiting Task's own loop, and the rest of the coroutine's cleanup runs."""
+    loop = asyncio.new_event_loop()
+    try:
+        call = make_call()
+        ended: list[str] = []
+
+        async def waiter() -> None:
+            try:
+                await call
+            finally:
+                call.finish()
+                ended.append("cleanup ran")
+
+        task = loop.create_task(waiter())
+        loop.run_until_complete(asyncio.sleep(0.01))  # parked; the loop is now stopped
+        task.get_coro().close()
+        assert ended == ["cleanup ran"] and call.done() and call.closed
+        with pytest.raises(RuntimeError):  # the Task finds its coroutine closed, as before
+            loop.run_until_complete(asyncio.wait_for(task, 2))
+    finally:
+        loop.close()

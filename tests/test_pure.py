@@ -297,6 +297,8 @@ GOOD = {
         ({"timeout": 0}, "timeout"),
         ({"timeout": -1}, "timeout"),
         ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": True}, "timeout"),  # an int to isinstance, not a number of seconds
+        ({"timeout": "5"}, "timeout"),
     ],
 )
 def test_bad_input(change: dict[str, object], match: str) -> None:

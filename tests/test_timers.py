@@ -123,6 +123,25 @@ async def test_each_timeout_gets_a_queue_and_more_go_to_the_heap() -> None:
     timers.close()
 
 
+async def test_calls_each_with_its_own_timeout_leave_nothing_behind() -> None:
+    """Callers computing each timeout (a remaining budget) get a queue after another; past eight
+    of them the emptied ones make room, so a finished call still leaves at once."""
+    loop = asyncio.get_running_loop()
+    timers: Timers[Pending] = Timers(loop, lambda e, k, p: None)
+    now = loop.time()
+    for i in range(50):
+        e = entry(str(i))
+        timers.add_deadline(e, now + 30 + i, 30.0 + i * 0.001)
+        timers.add_grace(e, now + 1)
+        e.closed = True
+        timers.release(e)
+        assert len(timers) == 0 and not timers._heap
+    assert len(timers._deadlines) <= 8
+    timers.close()
+    timers.release(entry("late"))  # a call ending after close(): nothing to count down
+    assert timers._open == 0
+
+
 async def test_a_finished_newest_call_leaves_nothing_behind() -> None:
     """Sequential callers: each finished call's items are dropped at once, not kept until due."""
     loop = asyncio.get_running_loop()
