@@ -5,9 +5,9 @@ call, and an ``__await__`` written as a generator would cost a 192-byte generato
 With 10,000 cancels parked that was the largest part of the library's own memory. So the entry
 itself speaks the part of asyncio's Future protocol that a ``Task`` uses on what it awaits (a
 "Future-compatible object", see ``asyncio.isfuture``): ``_asyncio_future_blocking``,
-``get_loop``, ``add_done_callback``, ``result`` and ``cancel``. Its
-``__await__`` returns a C iterator (48 bytes while parked) that yields the entry once. Unlike a
-Future, ``result()`` never raises: a cancel reaches the coroutine from the Task itself.
+``get_loop``, ``add_done_callback``, ``result`` and ``cancel``. Its ``__await__`` returns a C
+iterator (48 bytes while parked) that yields the entry once. Unlike a Future, ``result()`` never
+raises: a cancel reaches the coroutine from the Task itself.
 
 Only bybit_cancel's own coroutines await a Call, one wait at a time, so it keeps one callback. A
 call may wait several times (the slow path parks again between REST lookups): :meth:`Call.rearm`
