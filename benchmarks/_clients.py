@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 from typing import Any
 
@@ -162,6 +163,22 @@ class Ours:
         await self.client.aclose()
 
 
+def record_pybit_subscribes_first(ws: Any) -> None:
+    """Work around a race in pybit: it sends a subscribe and only then records the req_id that its
+    reply handler looks up (``subscriptions[req_id]``). A reply as fast as a local fake's can come
+    first; the KeyError makes pybit drop and reopen the connection (over a network, Bybit's reply
+    comes later). Record the req_id before the send, on ``ws``'s current connection."""
+    send = ws.ws.send
+
+    def send_recorded(data: str, *args: Any, **kwargs: Any) -> Any:
+        message = json.loads(data)
+        if message.get("op") == "subscribe" and "req_id" in message:
+            ws.subscriptions[message["req_id"]] = data
+        return send(data, *args, **kwargs)
+
+    ws.ws.send = send_recorded
+
+
 class Pybit:
     name = "pybit"
 
@@ -188,6 +205,7 @@ class Pybit:
                 api_secret=SECRET,
                 private_auth_expire=10,
             )
+            record_pybit_subscribes_first(ws)
             ws.order_stream(callback=self._on_message_thread)
             return ws
 

@@ -23,6 +23,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from benchmarks._clients import record_pybit_subscribes_first
 from bybit_cancel.testing import FakeExchange, FakeOrder, Fault
 
 from .helpers import FIXTURES
@@ -947,19 +948,7 @@ async def test_pybit_official_client() -> None:
                 )
 
         ws = await asyncio.wait_for(asyncio.to_thread(make_ws), 10)
-        # pybit sends its subscribe and only then records the req_id that its reply handler looks
-        # up (`subscriptions[req_id]`): a reply as fast as a local fake's can come first, and the
-        # KeyError makes pybit drop and reopen the connection. Over a network Bybit's reply comes
-        # later. Record the req_id before the send, as pybit would need to.
-        pybit_send = ws.ws.send
-
-        def send_recorded(data: str, *args: Any, **kwargs: Any) -> Any:
-            message = json.loads(data)
-            if message.get("op") == "subscribe" and "req_id" in message:
-                ws.subscriptions[message["req_id"]] = data
-            return pybit_send(data, *args, **kwargs)
-
-        ws.ws.send = send_recorded
+        record_pybit_subscribes_first(ws)  # pybit's own race with a fast reply (see there)
         try:
             await asyncio.wait_for(asyncio.to_thread(ws.order_stream, on_order), 10)
             for _ in range(1000):  # bounded poll (10 s) for pybit's auth + subscribe
