@@ -656,7 +656,11 @@ class BybitCancelClient:
             old.add_done_callback(self._old_reconciles.discard)
         loop = self._loop
         assert loop is not None
-        self._reconcile_task = loop.create_task(self._reconcile(), name="bybit_cancel.reconcile")
+        # The cancels pending now may have missed their push while the stream was down; those
+        # registered from here on get theirs on the new connection and need no lookup.
+        self._reconcile_task = loop.create_task(
+            self._reconcile(self._tracker.pending()), name="bybit_cancel.reconcile"
+        )
 
     def _on_stream_failed(self, exc: BybitError) -> None:
         self._failure = exc
@@ -707,8 +711,7 @@ class BybitCancelClient:
             entry.interrupted = True
             owner.cancel()
 
-    async def _reconcile(self) -> None:
-        entries = self._tracker.pending()
+    async def _reconcile(self, entries: list[Call]) -> None:
         if not entries:
             return
         log.info("reconciling %d pending cancels over REST after a reconnect", len(entries))

@@ -146,6 +146,29 @@ async def test_pending_cancels_survive_reconnect_and_pushes_resume(fx: FakeExcha
     assert r.source == "websocket" and r.status is OrderStatus.CANCELLED
 
 
+async def test_a_reconnect_looks_up_only_the_cancels_pending_across_it(fx: FakeExchange) -> None:
+    """The lookup after a reconnect asks REST about the cancels pending while the stream was down,
+    not about one registered after it (its push comes on the new connection)."""
+    across, after = fx.seed_order(), fx.seed_order()
+    fx.add_fault(Fault.DROP_PUSH, order_id=across.order_id)  # lost while "down": REST must say
+    async with fast_client(fx, push_grace=30.0) as client:
+        task = asyncio.create_task(cancel(client, across.order_id))
+        await wait_until(lambda: cancel_requests(fx) == 1 and client.pending_count == 1)
+        client._on_reconnected()  # as the stream calls it once a new connection is subscribed
+        # Registered in the same step, before the lookup task first runs.
+        late = client._begin("linear", "BTCUSDT", after.order_id, None, 10.0)
+        assert not isinstance(late, CancelResult)
+        reconcile = client._reconcile_task
+        assert reconcile is not None
+        await asyncio.wait_for(reconcile, 5)
+        r = await asyncio.wait_for(task, 5)
+        client._end(late)
+    looked_up = [q.query for q in fx.requests if q.path.startswith("/v5/order/realtime")]
+    assert any(across.order_id in q for q in looked_up)
+    assert not any(after.order_id in q for q in looked_up)
+    assert r.source == "rest" and r.status is OrderStatus.CANCELLED
+
+
 async def test_auth_refused_on_reconnect_fails_pending_promptly(fx: FakeExchange) -> None:
     """If Bybit refuses the re-auth, pending awaits fail with AuthenticationError at once."""
     orders = [fx.seed_order() for _ in range(5)]
