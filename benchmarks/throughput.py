@@ -29,8 +29,10 @@ import asyncio
 import functools
 import gc
 import json
+import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +81,9 @@ def _noop(*_a: object) -> None:
     return None
 
 
-async def in_process(n: int, per_frame: int) -> dict[str, float]:
-    loop = asyncio.get_running_loop()
-    frames, ids = recorded_frames(n, per_frame)
-    out: dict[str, float] = {}
-
-    # bybit_cancel: the real stream router feeding the real client callback.
-    client = BybitCancelClient(api_key="k", api_secret="s", rest_url="http://x", ws_url="ws://x")
-    client._loop = loop
-    stream = PrivateStream(
+def _router_for(client: BybitCancelClient) -> PrivateStream:
+    """The real stream router (never connected) feeding the client's push callback."""
+    return PrivateStream(
         "ws://x",
         Credentials("k", "s"),
         now_ms=lambda: 0,
@@ -99,8 +95,32 @@ async def in_process(n: int, per_frame: int) -> dict[str, float]:
         handshake_timeout=10.0,
         auth_expiry_ms=10_000,
         reconnect_backoff=(0.1, 1.0),
-        rng=__import__("random").Random(1),
+        rng=random.Random(1),
     )
+
+
+def _floor_route(
+    frames: list[bytes], decode: Callable[[bytes], Any], pending: dict[str, asyncio.Future[Any]]
+) -> None:
+    """The floor's router (benchmarks/_clients.py Floor._read): decode, then a dict of futures."""
+    for raw in frames:
+        msg = decode(raw)
+        for order in msg.get("data") or ():
+            if order["orderStatus"] in FINAL:
+                fut = pending.pop(order["orderId"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(order)
+
+
+async def in_process(n: int, per_frame: int) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    frames, ids = recorded_frames(n, per_frame)
+    out: dict[str, float] = {}
+
+    # bybit_cancel: the real stream router feeding the real client callback.
+    client = BybitCancelClient(api_key="k", api_secret="s", rest_url="http://x", ws_url="ws://x")
+    client._loop = loop
+    stream = _router_for(client)
     tracker = client._tracker
     now = time.monotonic()
     entries = [tracker.start(Call("linear", "SOLUSDT", oid, ""), now=now) for oid in ids]
@@ -121,13 +141,7 @@ async def in_process(n: int, per_frame: int) -> dict[str, float]:
         pending: dict[str, asyncio.Future[Any]] = {oid: loop.create_future() for oid in ids}
         gc.collect()
         t0 = time.perf_counter()
-        for raw in frames:
-            msg = decode(raw)
-            for order in msg.get("data") or ():
-                if order["orderStatus"] in FINAL:
-                    fut = pending.pop(order["orderId"], None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(order)
+        _floor_route(frames, decode, pending)
         out[name] = n / (time.perf_counter() - t0)
         if pending:
             raise RuntimeError(f"{name}: {len(pending)} left")
@@ -154,20 +168,7 @@ async def parked_in_process(n: int, per_frame: int) -> dict[str, float]:
     client._timers = Timers(loop, client._on_timer)
     client._rest = _AckAtOnce()  # type: ignore[assignment]
     client._state = _State.OPEN
-    stream = PrivateStream(
-        "ws://x",
-        Credentials("k", "s"),
-        now_ms=lambda: 0,
-        on_orders=client._on_push,
-        on_reconnected=_noop,
-        on_failed=_noop,
-        resync_clock=None,
-        ping_interval=20.0,
-        handshake_timeout=10.0,
-        auth_expiry_ms=10_000,
-        reconnect_backoff=(0.1, 1.0),
-        rng=__import__("random").Random(1),
-    )
+    stream = _router_for(client)
     calls = [
         loop.create_task(client.cancel_order(category="linear", symbol="SOLUSDT", order_id=oid))
         for oid in ids
@@ -201,15 +202,8 @@ async def parked_in_process(n: int, per_frame: int) -> dict[str, float]:
     if len(pending) != n:
         raise RuntimeError("parked in process: the floor's calls did not all park")
     gc.collect()
-    decode = msgspec.json.decode
     t0 = time.perf_counter()
-    for raw in frames:
-        msg = decode(raw)
-        for order in msg.get("data") or ():
-            if order["orderStatus"] in FINAL:
-                fut = pending.pop(order["orderId"], None)
-                if fut is not None and not fut.done():
-                    fut.set_result(order)
+    _floor_route(frames, msgspec.json.decode, pending)
     await asyncio.gather(*waits)
     out["floor"] = n / (time.perf_counter() - t0)
     return out
