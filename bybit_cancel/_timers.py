@@ -10,9 +10,11 @@ timeout come due in the order they started, and every call has the same grace, s
 (up to eight of them) and the grace have a FIFO queue of entries (append and pop in O(1), no
 allocation: the times live on the entry, the timeout is the queue's). Queued times are rounded up
 to the next millisecond, so that the calls of a burst share one float object per millisecond.
-Other timeouts and the slow path's later waits go to a small heap. Items of finished calls are
-dropped lazily, and the queues are compacted when they hold several items per call in flight, so
-memory stays proportional to the calls in flight.
+Other timeouts and the slow path's later waits go to a small heap. A finished call's items leave
+at once when they sit at either end of their queue (the newest call, as for sequential callers,
+or the oldest, as in a burst confirmed in order); others are dropped lazily, and the queues are
+compacted when they hold several items per call in flight, so memory stays proportional to the
+calls in flight.
 """
 
 from __future__ import annotations
@@ -148,17 +150,27 @@ class Timers(Generic[E]):
         """The entry's call finished (``entry.closed`` is set): its items are stale."""
         if self._open:  # (0 for calls that end after close())
             self._open -= 1
-        # The newest call usually finishes first (always, for sequential callers): drop its items
-        # from the tails at once, so finished calls are not kept alive until their deadline.
+        # The newest call usually finishes first (always, for sequential callers), and in a
+        # burst confirmed in order the oldest: drop its items from either end at once, so
+        # finished calls are not kept alive until their deadline nor left to a compaction.
         queue = self._graces
-        if queue and queue[-1] is entry:
-            queue.pop()
-            self._items -= 1
-        for queue in self._deadlines.values():
-            if queue and queue[-1] is entry:
+        if queue:
+            if queue[-1] is entry:
                 queue.pop()
                 self._items -= 1
-                break
+            elif queue[0] is entry:
+                queue.popleft()
+                self._items -= 1
+        for queue in self._deadlines.values():
+            if queue:
+                if queue[-1] is entry:
+                    queue.pop()
+                    self._items -= 1
+                    break
+                if queue[0] is entry:
+                    queue.popleft()
+                    self._items -= 1
+                    break
         if self._items > _COMPACT_MIN and self._items > _ITEMS_PER_CALL * self._open:
             self._compact()
 

@@ -79,12 +79,35 @@ async def test_compaction_keeps_memory_proportional_to_live_calls() -> None:
     assert len(timers) == 0
 
 
-async def test_calls_finishing_oldest_first_are_compacted_away() -> None:
-    """A burst released in the order it started (as pushes come): finished calls are not at the
-    queues' tails, yet the items stay proportional to the calls in flight."""
+async def test_calls_finishing_oldest_first_leave_nothing_behind() -> None:
+    """A burst released in the order it started (as pushes come): each finished call is at the
+    queues' heads and leaves at once, without waiting for a compaction."""
     loop = asyncio.get_running_loop()
     timers: Timers[Pending] = Timers(loop, lambda e, k, p: None)
     now = loop.time()
+    window: list[Pending] = []
+    for i in range(5_000):
+        e = entry(str(i))
+        timers.add_deadline(e, now + 100, 100)
+        timers.add_grace(e, now + 50)
+        window.append(e)
+        if len(window) > 500:  # 500 in flight; the oldest finishes
+            old = window.pop(0)
+            old.closed = True
+            timers.release(old)
+            assert len(timers) == 2 * len(window)  # its deadline and grace are gone
+    assert {id(e) for e in timers.open_entries()} == {id(e) for e in window}
+    assert [e.order_id for e in timers._graces] == [e.order_id for e in window]
+    timers.close()
+
+
+async def test_calls_finishing_out_of_order_are_compacted_away() -> None:
+    """Calls finishing in any order (neither the newest nor the oldest): the items stay
+    proportional to the calls in flight."""
+    loop = asyncio.get_running_loop()
+    timers: Timers[Pending] = Timers(loop, lambda e, k, p: None)
+    now = loop.time()
+    rng = random.Random(7)
     window: list[Pending] = []
     peak = 0
     for i in range(20_000):
@@ -92,8 +115,8 @@ async def test_calls_finishing_oldest_first_are_compacted_away() -> None:
         timers.add_deadline(e, now + 100, 100)
         timers.add_grace(e, now + 50)
         window.append(e)
-        if len(window) > 500:  # 500 in flight; the oldest finishes
-            old = window.pop(0)
+        if len(window) > 500:  # 500 in flight; one of the middle ones finishes
+            old = window.pop(rng.randrange(1, len(window) - 1))
             old.closed = True
             timers.release(old)
         peak = max(peak, len(timers))
