@@ -6,9 +6,13 @@
 (a) In process, one core: the recorded Bybit push (fixtures ws-private/order.push.linear-cancelled.json)
     as a frame of 1 order and of 10 orders, each order resolving a pending cancel. Three paths:
     bybit_cancel's stream router (``PrivateStream._route`` -> ``CancelTracker.on_orders`` -> the
-    waiter) with every update resolving a registered cancel; ``json.loads`` + dict routing; and
-    untyped ``msgspec.json.decode`` + dict routing (the floor's decoder). Each path's best round
-    counts (as with timeit: a slower round measured a busier machine, not other code).
+    waiter) with every update resolving a registered cancel; ``json.loads`` + dict routing;
+    untyped ``msgspec.json.decode`` + dict routing (the floor's decoder); typed+dict, our own
+    decoder (``WsMessage``) with the floor's dict of futures and none of the tracker's rules (no
+    memory of final states, no category check, no layers); and typed+memory, the same keeping the
+    last 10,000 final states in a dict as the tracker does by default. The last two show what the
+    4 x target leaves for the tracker's rules, and what its memory alone takes. Each path's best
+    round counts (as with timeit: a slower round measured a busier machine, not other code).
 (b) Loopback websocket: N cancels are parked (acknowledged, the fake holding their pushes), then
     the fake releases every final state at once, 1 or 10 orders per frame, and the time until
     every ``cancel_order`` returned gives frames/s. Same for the hand-written floor, in the same
@@ -33,6 +37,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +51,13 @@ from benchmarks._fake import FakeHandle
 from bybit_cancel import BybitCancelClient
 from bybit_cancel._call import Call
 from bybit_cancel._client import _State
-from bybit_cancel._models import AckEnvelope, CancelAck
+from bybit_cancel._models import AckEnvelope, CancelAck, ws_decoder
 from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
 from bybit_cancel._timers import Timers
+
+# The tracker's default recent_size (CancelTracker), for typed+memory.
+RECENT_SIZE = 10_000
 
 FIXTURE = (
     Path(__file__).resolve().parent.parent.parent
@@ -112,6 +120,27 @@ def _floor_route(
                     fut.set_result(order)
 
 
+def _typed_route(
+    frames: list[bytes], pending: dict[str, asyncio.Future[Any]], remember: int = 0
+) -> None:
+    """The floor's router with bybit_cancel's typed decoder: the least a typed router does. With
+    ``remember``, it also keeps the last ``remember`` final states in a dict, oldest first, trimmed
+    in batches of 256 as the tracker's memory is (and nothing else of the tracker's rules)."""
+    decode = ws_decoder.decode
+    recent: dict[str, Any] = {}
+    for raw in frames:
+        for order in decode(raw).data or ():
+            if order.order_status in FINAL:
+                if remember:
+                    recent.setdefault(order.order_id, order)
+                    if len(recent) > remember + 256:
+                        for order_id in list(islice(recent, 256)):
+                            del recent[order_id]
+                fut = pending.pop(order.order_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(order)
+
+
 async def in_process(n: int, per_frame: int) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     frames, ids = recorded_frames(n, per_frame)
@@ -137,11 +166,19 @@ async def in_process(n: int, per_frame: int) -> dict[str, float]:
         raise RuntimeError(f"in-process: {resolved} of {n} resolved, {len(tracker)} left")
     del entries
 
-    for name, decode in (("json+dict", json.loads), ("msgspec+dict", msgspec.json.decode)):
+    for name, decode in (
+        ("json+dict", json.loads),
+        ("msgspec+dict", msgspec.json.decode),
+        ("typed+dict", None),
+        ("typed+memory", None),
+    ):
         pending: dict[str, asyncio.Future[Any]] = {oid: loop.create_future() for oid in ids}
         gc.collect()
         t0 = time.perf_counter()
-        _floor_route(frames, decode, pending)
+        if decode is None:
+            _typed_route(frames, pending, RECENT_SIZE if name == "typed+memory" else 0)
+        else:
+            _floor_route(frames, decode, pending)
         out[name] = n / (time.perf_counter() - t0)
         if pending:
             raise RuntimeError(f"{name}: {len(pending)} left")
@@ -294,7 +331,7 @@ async def throughput(
         for pf in (1, 10):
             for name, rate in (await in_process(n, pf)).items():
                 results[pf][name] = max(rate, results[pf].get(name, 0.0))
-    for name in ("bybit_cancel", "json+dict", "msgspec+dict"):
+    for name in ("bybit_cancel", "json+dict", "msgspec+dict", "typed+dict", "typed+memory"):
         print(f"{name:<16}{results[1][name]:>14,.0f}{results[10][name]:>14,.0f}")
     for pf in (1, 10):
         ours, base = results[pf]["bybit_cancel"], results[pf]["json+dict"]
@@ -303,6 +340,19 @@ async def throughput(
         print(
             f"{verdict(ok_abs)} {pf:>2}/frame: {ours:,.0f} updates/s (target >= 150,000)   "
             f"{verdict(ok_rel)} {ours / base:.2f} x json+dict (target >= 4)"
+        )
+    for pf in (1, 10):
+        ours, base, typed, memory = (
+            results[pf][k] for k in ("bybit_cancel", "json+dict", "typed+dict", "typed+memory")
+        )
+        # Per update: what 4 x json+dict allows beyond the bare typed router, what the memory of
+        # final states alone takes, and what all of the tracker's rules take.
+        room = (1 / (4 * base) - 1 / typed) * 1e6
+        print(
+            f"INFO {pf:>2}/frame: typed+dict {typed / base:.2f} x json+dict, typed+memory "
+            f"{memory / base:.2f} x; beyond typed+dict, 4 x leaves {room:+.2f} us per update, "
+            f"the memory alone takes {(1 / memory - 1 / typed) * 1e6:.2f} us, all of the "
+            f"tracker's rules {(1 / ours - 1 / typed) * 1e6:.2f} us"
         )
     lb, placement = await loopback(ws_n, ws_rounds, inproc, uvloop, pin)
     print(

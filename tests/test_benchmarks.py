@@ -54,6 +54,7 @@ def test_throughput() -> None:
         "benchmarks/throughput.py", "-n", "200", "--ws-n", "20", "--rounds", "1", "--ws-rounds", "1"
     )
     assert "json+dict" in out and "frames/s" in out and "calls resumed/s" in out, out
+    assert "\ntyped+dict " in out and "\ntyped+memory " in out and "the memory alone" in out, out
     assert_verdicts(out, 4)
 
 
