@@ -19,7 +19,6 @@ import asyncio
 import copy
 import enum
 import logging
-import math
 import random
 import re
 import sys
@@ -62,6 +61,9 @@ _LINK_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
 _SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,63}")
 _ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NUMBER = (int, float)  # (built once: `int | float` would build a union on every call)
+# The longest duration accepted (about 31 years): any longer one is "never" in practice, and the
+# timers' millisecond arithmetic on loop time + duration must stay finite.
+MAX_SECONDS = 1e9
 
 _NO_ACK = CancelAck()
 
@@ -117,10 +119,11 @@ def validate_cancel(
     if (
         not isinstance(timeout, _NUMBER)
         or isinstance(timeout, bool)
-        or not math.isfinite(timeout)
-        or timeout <= 0
+        or not 0 < timeout <= MAX_SECONDS  # (also refuses NaN and infinity)
     ):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        raise ValueError(
+            f"timeout must be a positive number of seconds, at most 1e9, got {timeout!r}"
+        )
     body = {"category": category, "symbol": symbol}
     if order_id:
         body["orderId"] = order_id
@@ -158,7 +161,8 @@ class BybitCancelClient:
         seed: seed of the jitter, for reproducible tests.
 
     Raises:
-        ValueError: bad arguments (before any I/O).
+        ValueError: bad arguments (before any I/O); durations must be positive and at most
+            1e9 seconds.
     """
 
     def __init__(
@@ -194,13 +198,13 @@ class BybitCancelClient:
             ("http_timeout", http_timeout),
             ("handshake_timeout", handshake_timeout),
         ):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive")
+            if not 0 < value <= MAX_SECONDS:  # (also refuses NaN and infinity)
+                raise ValueError(f"{name} must be a positive number of seconds, at most 1e9")
         if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
             raise ValueError("max_retries must be None or a non-negative integer")
         base, cap = reconnect_backoff
-        if not 0 < base <= cap:
-            raise ValueError("reconnect_backoff must be (base, cap) with 0 < base <= cap")
+        if not 0 < base <= cap <= MAX_SECONDS:
+            raise ValueError("reconnect_backoff must be (base, cap) with 0 < base <= cap <= 1e9")
         self._recv_window = recv_window
         self._session = session
         self._owns_session = session is None
@@ -458,7 +462,11 @@ class BybitCancelClient:
         )
         if not isinstance(entry, CancelResult):
             # The whole call is bounded by one shared timer (see _timers.py), not asyncio.timeout.
-            timers.add_deadline(entry, loop.time() + timeout, timeout)
+            try:
+                timers.add_deadline(entry, loop.time() + timeout, timeout)
+            except BaseException:
+                self._end(entry)  # not left registered (validation keeps this from happening)
+                raise
         return entry
 
     def _park_first(self, entry: Call) -> None:
@@ -705,7 +713,9 @@ class BybitCancelClient:
     @staticmethod
     def _interrupt_owner(entry: Call) -> None:
         owner = entry.owner
-        if isinstance(owner, asyncio.Task) and not owner.done() and not entry.interrupted:
+        # Any Task, not only asyncio.Task: the pure-Python Task (a custom task factory's, say) is
+        # no subclass of the C one, and a call it runs must be interrupted just the same.
+        if asyncio.isfuture(owner) and not owner.done() and not entry.interrupted:
             # The caller is inside a REST call (perhaps sleeping in a backoff): interrupt it;
             # cancel_order turns this cancellation (and only this one) into the outcome.
             entry.interrupted = True

@@ -317,6 +317,31 @@ async def test_http_403_is_typed_and_not_retried(fx: FakeExchange) -> None:
 # ------------------------------------------------------------------- shutdown and cancellation
 
 
+@pytest.mark.parametrize("task_kind", ["c", "python"])
+async def test_deadline_interrupts_a_rest_backoff_in_any_task(
+    fx: FakeExchange, task_kind: str
+) -> None:
+    """The deadline ends a call stuck in REST retries (5xx forever), whether it runs in the C
+    Task or the pure-Python one (a custom task factory's), which is no subclass of the C one."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.HTTP_502, times=None)
+    loop = asyncio.get_running_loop()
+    async with fast_client(fx) as client:
+        coro = client.cancel_order(
+            category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=0.5
+        )
+        if task_kind == "python":
+            task = asyncio.tasks._PyTask(coro, loop=loop)  # type: ignore[attr-defined]
+        else:
+            task = loop.create_task(coro)
+        t0 = loop.time()
+        with pytest.raises(ConfirmationTimeout):
+            await asyncio.wait_for(task, 5)
+        assert loop.time() - t0 < 2.0
+        assert client.pending_count == 0
+    assert cancel_requests(fx) >= 2  # it did retry until the deadline
+
+
 async def test_aclose_during_backoff_returns_promptly(fx: FakeExchange) -> None:
     """Callers sleeping in a REST backoff get ClientClosedError as soon as the client closes."""
     orders = [fx.seed_order() for _ in range(50)]

@@ -18,6 +18,7 @@ import bybit_cancel
 from bybit_cancel import (
     AuthenticationError,
     BybitAPIError,
+    BybitCancelClient,
     BybitError,
     ConfirmationTimeout,
     HTTPStatusError,
@@ -299,11 +300,39 @@ GOOD = {
         ({"timeout": float("nan")}, "timeout"),
         ({"timeout": True}, "timeout"),  # an int to isinstance, not a number of seconds
         ({"timeout": "5"}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        # Finite but past 1e9 s: loop time + timeout, in ms, would overflow to infinity.
+        ({"timeout": 1e306}, "at most 1e9"),
+        ({"timeout": 1e9 + 1}, "at most 1e9"),
     ],
 )
 def test_bad_input(change: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         validate_cancel(**{**GOOD, **change})  # type: ignore[arg-type]
+
+
+def test_longest_timeout_is_accepted() -> None:
+    assert validate_cancel(**{**GOOD, "timeout": 1e9})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("push_grace", float("inf")),
+        ("push_grace", 1e306),
+        ("push_grace", float("nan")),
+        ("ping_interval", float("inf")),
+        ("http_timeout", 0),
+        ("handshake_timeout", -1.0),
+        ("reconnect_backoff", (0.1, float("inf"))),
+        ("reconnect_backoff", (float("nan"), 1.0)),
+    ],
+)
+def test_bad_client_durations_are_refused_at_construction(option: str, value: object) -> None:
+    """Durations must be positive and finite (at most 1e9 s): an infinite push grace used to be
+    accepted and then failed every cancel after its request was sent."""
+    with pytest.raises(ValueError, match=option):
+        BybitCancelClient(api_key="k", api_secret="s", **{option: value})  # type: ignore[arg-type]
 
 
 def test_body_built_in_bybit_names() -> None:
