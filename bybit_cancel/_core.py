@@ -494,7 +494,12 @@ class CancelTracker(Generic[E]):
         if order_id:
             known = recent.get(order_id)
         else:
-            known = recent.get(self._recent_link.get((category, order_link_id), ""))
+            remembered_id = self._recent_link.get((category, order_link_id))
+            if remembered_id is None:
+                return None
+            # (Not recent.get(""): a final state without an orderId, malformed, would be
+            # remembered under "" and answer every unknown link id.)
+            known = recent.get(remembered_id)
         if known is None or (known.order.category and known.order.category != category):
             return None
         if known.at < now - self._recent_age:

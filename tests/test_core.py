@@ -198,6 +198,17 @@ def test_push_before_registration_is_remembered() -> None:
     assert len(t) == 0
 
 
+def test_a_final_state_without_order_id_answers_no_other_cancel() -> None:
+    """A malformed final push with no orderId must not answer a link-only cancel of another
+    order from memory (it was remembered under "", the lookup's default key)."""
+    t: CancelTracker[Tagged] = CancelTracker()
+    t.on_orders([order("", "Filled", link="other")], "websocket", 1.0)
+    got = register(
+        t, "w", category="linear", symbol="BTCUSDT", order_id=None, order_link_id="mine", now=2
+    )
+    assert isinstance(got, Pending) and len(t) == 1
+
+
 def test_push_before_ack_resolves_on_acknowledge() -> None:
     """A link-only cancel whose push was remembered under the id resolves when the ack names it."""
     t: CancelTracker[Tagged] = CancelTracker()
