@@ -300,7 +300,8 @@ class BybitCancelClient:
         """Close the client. Idempotent, and safe to call with cancels pending.
 
         Every pending ``cancel_order`` fails with :class:`ClientClosedError`; the stream task stops,
-        the socket closes, and the session closes if the client created it.
+        the socket closes, and the session closes if the client created it. Cancelling it is
+        safe: the rest of the clean-up still runs, then ``CancelledError`` propagates.
         """
         if self._state is _State.CLOSED:
             return
@@ -313,17 +314,24 @@ class BybitCancelClient:
             for entry in self._timers.open_entries():
                 self._interrupt(entry, closed)
             self._timers.close()
-        if self._stream is not None:
-            await self._stream.close()  # first: a reconnect cannot start a reconcile after this
-        tasks = list(self._old_reconciles)
-        if self._reconcile_task is not None:
-            tasks.append(self._reconcile_task)
-            self._reconcile_task = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._owns_session and self._session is not None:
-            await self._session.close()
+        # The state is CLOSED from here on, so a later aclose() returns at once: if this one is
+        # cancelled, the clean-up below still runs to its end before the cancellation goes on.
+        try:
+            if self._stream is not None:
+                # First: a reconnect cannot start a reconcile after this.
+                await self._stream.close()
+        finally:
+            tasks = list(self._old_reconciles)
+            if self._reconcile_task is not None:
+                tasks.append(self._reconcile_task)
+                self._reconcile_task = None
+            for task in tasks:
+                task.cancel()
+            try:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                if self._owns_session and self._session is not None:
+                    await self._session.close()
 
     # -- observability -------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ pending cancels up over REST.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
@@ -148,20 +147,29 @@ class PrivateStream:
     async def close(self) -> None:
         """Stop the supervisor and close the socket; interrupt a connect in progress.
 
-        Idempotent; returns promptly.
+        Idempotent; returns promptly. Cancelling it still closes the socket, then raises
+        ``CancelledError``.
         """
         self.state = ConnectionState.CLOSED
         if self._opener is not None and not self._opener_cancelled:
             self._opener_cancelled = True
             self._opener.cancel()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            await _close_ws(ws)
+        try:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    # The stream task's own cancellation ends here; one of the task closing us
+                    # goes on (after the socket is closed below).
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+        finally:
+            ws, self._ws = self._ws, None
+            if ws is not None:
+                await _close_ws(ws)
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -288,8 +296,15 @@ class PrivateStream:
             log.warning("private stream closed: %s", exc)
         finally:
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await heartbeat
+            except asyncio.CancelledError:
+                # The heartbeat's own cancellation ends here; a close() cancelling this task
+                # while it waits goes on (swallowed, the supervisor would reconnect and close()
+                # would wait for it forever).
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         """Ping every interval (Bybit recommends 20 s, §3); no pong for two intervals = dead."""

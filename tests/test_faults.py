@@ -28,6 +28,7 @@ from bybit_cancel import (
     TransportError,
 )
 from bybit_cancel._rest import RestClient
+from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
@@ -340,6 +341,54 @@ async def test_deadline_interrupts_a_rest_backoff_in_any_task(
         assert loop.time() - t0 < 2.0
         assert client.pending_count == 0
     assert cancel_requests(fx) >= 2  # it did retry until the deadline
+
+
+async def test_cancelling_aclose_still_cleans_up_and_propagates(fx: FakeExchange) -> None:
+    """aclose() cancelled at any of its steps: the cancellation propagates (it used to be
+    swallowed while the stream task stopped) and the clean-up still runs to its end (it used to
+    leave the session open once the state said closed, so a second aclose() did nothing)."""
+    for steps in range(1, 8):
+        client = fast_client(fx)
+        await client.__aenter__()
+        session = client._session
+        closing = asyncio.create_task(client.aclose())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        cancelled = closing.cancel()
+        if cancelled:
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(closing, 5)
+        else:
+            await closing  # it had finished
+        assert session is not None and session.closed, steps
+        assert client_tasks() == [], steps
+
+
+async def test_close_while_the_stream_waits_for_its_heartbeat_does_not_hang(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops, and close() cancels the stream task while it waits for its
+    heartbeat task to stop: the stream task must end, not take that cancellation for the
+    heartbeat's own, reconnect, and leave close() waiting for ever."""
+    heartbeat_stopping = asyncio.Event()
+    heartbeat = PrivateStream._heartbeat
+
+    async def slow_to_stop(self: PrivateStream, ws: Any) -> None:
+        try:
+            await heartbeat(self, ws)
+        except asyncio.CancelledError:
+            heartbeat_stopping.set()
+            await asyncio.Event().wait()  # stops only when cancelled again
+            raise
+
+    monkeypatch.setattr(PrivateStream, "_heartbeat", slow_to_stop)
+    client = fast_client(fx)
+    await client.__aenter__()
+    await fx.disconnect_all()
+    await asyncio.wait_for(heartbeat_stopping.wait(), 5)
+    await asyncio.wait_for(client.aclose(), 5)
+    assert client.connection_state is ConnectionState.CLOSED
+    assert client_tasks() == []
 
 
 async def test_aclose_during_backoff_returns_promptly(fx: FakeExchange) -> None:
