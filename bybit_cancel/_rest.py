@@ -73,10 +73,6 @@ class Clock:
     def now_ms(self) -> int:
         return int(time.time() * 1000) + self.offset_ms
 
-    def to_local_seconds(self, server_ms: int) -> float:
-        """Seconds from now until ``server_ms`` (server time), at least 0."""
-        return max(0.0, (server_ms - self.now_ms()) / 1000)
-
 
 @dataclass(slots=True)
 class RestStats:
@@ -91,6 +87,25 @@ class RestStats:
 # Bybit's per-endpoint limits are tens of requests per second (§7). Above this, the client does
 # not keep a log of its sends (it would only cost memory); Status 0 and 10006 still hold it back.
 _PACED_LIMIT = 1000
+
+# A throttled request (10006 or HTTP 429) waits for Bybit's reset timestamp when it is plausible:
+# at most 2 s ahead (§7: the windows are one second; the reset is in ms of Bybit's clock, not
+# verified for 429). Otherwise, or when it has passed, the wait doubles with each throttle in a
+# row, from 0.1 s up to 1 s (a window's length) after a 10006, and from 0.5 s up to 2 s after a
+# 429 ("System level frequency protection", §1: no reset to go by).
+_THROTTLE_MAX = 2.0
+_THROTTLE_FIRST, _THROTTLE_CAP = 0.1, 1.0
+_THROTTLE_FIRST_429, _THROTTLE_CAP_429 = 0.5, 2.0
+# Throttles further apart than this start the doubling again.
+_THROTTLE_MEMORY = 5.0
+
+
+def header_int(value: str | None) -> int | None:
+    """A non-negative integer header (ASCII digits, at most 15 of them), or ``None``: never raises
+    (``"²".isdigit()`` is true, and ``int()`` refuses it)."""
+    if value and len(value) <= 15 and value.isascii() and value.isdigit():
+        return int(value)
+    return None
 
 
 class RateLimiter:
@@ -133,18 +148,40 @@ class RateLimiter:
         sent.append(now)
         return 0.0
 
-    def block_until_server_ms(self, key: tuple[str, str], server_ms: int) -> None:
+    def throttled(self, key: tuple[str, str], reset_server_ms: int | None, *, http: bool) -> float:
+        """Bybit refused a request for its rate (10006, or HTTP 429 when ``http``): hold every
+        request on ``key`` back, and return for how long.
+
+        The wait is Bybit's reset timestamp when it lies ahead by at most 2 s; otherwise (none
+        given, already passed on our clock, or implausibly far) it doubles with each throttle in
+        a row, from 0.1 s up to 1 s (from 0.5 s up to 2 s for a 429). So a reset that is wrong,
+        or a clock that is off, can neither make the client hammer Bybit nor block it for good.
+        """
         state = self._state(key)
-        until = time.monotonic() + self._clock.to_local_seconds(server_ms)
-        state.blocked_until = max(state.blocked_until, until)
+        now = time.monotonic()
+        if now - state.throttled_at > _THROTTLE_MEMORY:
+            state.strikes = 0
+        state.strikes += 1
+        state.throttled_at = now
+        first, cap = (
+            (_THROTTLE_FIRST_429, _THROTTLE_CAP_429) if http else (_THROTTLE_FIRST, _THROTTLE_CAP)
+        )
+        wait = min(cap, first * (1 << min(state.strikes - 1, 8)))
+        if reset_server_ms is not None:
+            ahead = (reset_server_ms - self._clock.now_ms()) / 1000
+            if 0 < ahead <= _THROTTLE_MAX:
+                # Bybit's own word on when its window reopens (a 429 keeps its own floor).
+                wait = max(ahead, wait) if http else ahead
+        state.blocked_until = max(state.blocked_until, now + wait)
+        return wait
 
     def feed(self, key: tuple[str, str], headers: Any) -> None:
         """Learn from one answer's headers."""
         limit = headers.get("X-Bapi-Limit")
         if limit is None:
             return
-        if not limit.isdigit():
-            return
+        if not (limit.isascii() and limit.isdigit()) or len(limit) > 9:
+            return  # (not a count Bybit would send; int() would refuse "²")
         state = self._keys.get(key)
         if state is None:
             state = self._state(key)
@@ -165,12 +202,14 @@ class RateLimiter:
 
 
 class _KeyState:
-    __slots__ = ("blocked_until", "limit", "sent")
+    __slots__ = ("blocked_until", "limit", "sent", "strikes", "throttled_at")
 
     def __init__(self) -> None:
         self.limit = 1 << 30  # unknown until an answer names it
         self.sent: deque[float] = deque()
         self.blocked_until = 0.0
+        self.strikes = 0  # throttles in a row (see RateLimiter.throttled)
+        self.throttled_at = -1e9
 
 
 class RestClient:
@@ -292,11 +331,18 @@ class RestClient:
                 self._release_slot()
         if status != 200:
             raise HTTPStatusError(status, _snippet(body))
-        env = envelope_decoder.decode(body)
-        if env.ret_code != 0:
-            raise error_from_ret_code(env.ret_code, env.ret_msg)
-        nano = server_time_decoder.decode(env.result).time_nano
-        return int(nano) // 1_000_000 if nano else env.time
+        try:
+            env = envelope_decoder.decode(body)
+            if env.ret_code != 0:
+                raise error_from_ret_code(env.ret_code, env.ret_msg)
+            nano = server_time_decoder.decode(env.result).time_nano
+            server_ms = int(nano) // 1_000_000 if nano else env.time
+        except (msgspec.DecodeError, ValueError):  # (ValidationError is a DecodeError)
+            # Only BybitError leaves here: the stream's re-auth and the 10002 retry catch that.
+            raise HTTPStatusError(status, "undecodable server time: " + _snippet(body)) from None
+        if server_ms <= 0:
+            raise HTTPStatusError(status, "no server time in: " + _snippet(body))
+        return server_ms
 
     async def resync_clock(self) -> None:
         """Measure the offset between the local clock and Bybit's, and apply it from now on.
@@ -368,12 +414,12 @@ class RestClient:
                         )
                     else:
                         payload = encoder.encode(params)
-                        signed = self._signer.headers(now_ms, payload)
-                        signed["Content-Type"] = "application/json"
+                        # (The signed headers are passed inline, never bound to a local of this
+                        # frame: a traceback that captures locals would show the signature.)
                         ctx = self._session.post(
                             self._base + path,
                             data=payload,
-                            headers=signed,
+                            headers=self._signer.post_headers(now_ms, payload),
                             timeout=self._timeout,
                             allow_redirects=False,
                         )
@@ -399,13 +445,11 @@ class RestClient:
                     await self._backoff(failures, f"{method} {path}: HTTP {status}")
                     continue
                 if status == 429:
-                    # "System level frequency protection. Please retry" (§1 HTTP status codes).
+                    # "System level frequency protection. Please retry" (§1 HTTP status codes):
+                    # the limiter holds every request on this key back, longer each time.
                     self.stats.rate_limit_waits += 1
-                    reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
-                    if reset and reset.isdigit() and self.clock.to_local_seconds(int(reset)) > 0:
-                        self.limiter.block_until_server_ms(key, int(reset))
-                    else:
-                        await self._backoff(failures + 1, f"{method} {path}: HTTP 429")
+                    reset = header_int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
+                    self.limiter.throttled(key, reset, http=True)
                     continue
                 if status == 403:
                     # An IP ban lasts at least 10 minutes (§7): retrying only extends it.
@@ -423,10 +467,9 @@ class RestClient:
             if code == 0:
                 return env
             if code in _RATE_LIMITED:
-                reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
-                until = int(reset) if reset and reset.isdigit() else self.clock.now_ms() + 200
-                self.limiter.block_until_server_ms(key, until)
-                log.debug("%s %s rate limited (%d), waiting for the window", method, path, code)
+                reset = header_int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
+                wait = self.limiter.throttled(key, reset, http=False)
+                log.debug("%s %s rate limited (%d), waiting %.2fs", method, path, code, wait)
                 continue
             if code == _TIMESTAMP_ERROR and not resynced:
                 resynced = True

@@ -90,7 +90,7 @@ class RestSigner:
     middle of the signed string are built once, so a request copies a small dict and signs
     (bybit-protocol.md §1)."""
 
-    __slots__ = ("_creds", "_key_window", "_template")
+    __slots__ = ("_creds", "_key_window", "_post_template", "_template")
 
     def __init__(self, creds: Credentials, recv_window: int) -> None:
         rw = str(recv_window)
@@ -105,6 +105,7 @@ class RestSigner:
             "X-BAPI-TIMESTAMP": "",
             "X-BAPI-RECV-WINDOW": rw,
         }
+        self._post_template = {**self._template, "Content-Type": "application/json"}
 
     def headers(self, timestamp_ms: int, payload: bytes) -> dict[str, str]:
         """The X-BAPI-* headers for one signed REST request (a new dict, the caller's to extend).
@@ -114,6 +115,14 @@ class RestSigner:
         """
         ts = str(timestamp_ms)
         headers = self._template.copy()
+        headers["X-BAPI-SIGN"] = self._creds.sign(ts.encode() + self._key_window + payload)
+        headers["X-BAPI-TIMESTAMP"] = ts
+        return headers
+
+    def post_headers(self, timestamp_ms: int, payload: bytes) -> dict[str, str]:
+        """:meth:`headers` for a JSON POST body, with its ``Content-Type``."""
+        ts = str(timestamp_ms)
+        headers = self._post_template.copy()
         headers["X-BAPI-SIGN"] = self._creds.sign(ts.encode() + self._key_window + payload)
         headers["X-BAPI-TIMESTAMP"] = ts
         return headers

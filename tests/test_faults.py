@@ -318,6 +318,31 @@ async def test_http_403_is_typed_and_not_retried(fx: FakeExchange) -> None:
 # ------------------------------------------------------------------- shutdown and cancellation
 
 
+async def test_a_10006_reset_far_ahead_does_not_block_the_endpoint(fx: FakeExchange) -> None:
+    """A reset timestamp implausibly far ahead (a wrong unit, a clock far off) is not waited
+    for: the request goes again within about a second and the cancel completes (it used to
+    block every cancel of that category until the process restarted)."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.RATE_LIMIT_10006, delay=10**6)  # reset 11.6 days ahead
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+    assert r.cancelled and cancel_requests(fx) == 2
+
+
+async def test_http_429_forever_backs_off_instead_of_hammering(fx: FakeExchange) -> None:
+    """HTTP 429 without a reset, answer after answer: the retries space out (0.5 s, 1 s, 2 s)
+    until the caller's deadline. They used to come every 0-50 ms, hundreds per second, which
+    earns an IP ban (§7)."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.HTTP_429, times=None)
+    async with fast_client(fx) as client:
+        with pytest.raises(ConfirmationTimeout):
+            await client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=1.2
+            )
+    assert 2 <= cancel_requests(fx) <= 4
+
+
 @pytest.mark.parametrize("task_kind", ["c", "python"])
 async def test_deadline_interrupts_a_rest_backoff_in_any_task(
     fx: FakeExchange, task_kind: str

@@ -20,7 +20,7 @@ from bybit_cancel import (
     HTTPStatusError,
     TransportError,
 )
-from bybit_cancel._rest import RestClient
+from bybit_cancel._rest import Clock, RateLimiter, RestClient, header_int
 
 from .helpers import make_rest
 
@@ -140,11 +140,11 @@ async def test_10006_waits_are_bounded_by_the_deadline_not_a_count(
     rest: RestClient, mock: aioresponses
 ) -> None:
     """Throttling never turns into an error by itself: it waits, as long as the caller allows."""
-    for _ in range(8):  # more than max_retries (3)
+    for _ in range(4):  # more than max_retries (3)
         mock.post(CANCEL, payload=env(10006, "Too many visits!"))
     mock.post(CANCEL, payload=OK)
     ack = (await rest.cancel(BODY)).result
-    assert ack is not None and ack.order_id == "o1" and rest.stats.requests == 9
+    assert ack is not None and ack.order_id == "o1" and rest.stats.requests == 5
     mock.post(CANCEL, payload=env(10006, "Too many visits!"), repeat=True)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.5):
@@ -265,3 +265,76 @@ async def test_connection_slots_are_handed_over_in_order() -> None:
         d.cancel()  # ... which is cancelled before it runs: the slot comes back
         await asyncio.gather(a, b, c, d, return_exceptions=True)
         assert got == ["a", "c"] and rest._inflight == 0
+
+
+# ----------------------------------------------------------------- throttling and odd answers
+
+
+def test_header_int_never_raises() -> None:
+    assert header_int("123") == 123 and header_int("0") == 0
+    # "²".isdigit() is true and int("²") raises; 5,000 digits exceed int()'s default limit.
+    for odd in (None, "", "²", "١٢", "-1", "1.5", "9" * 16, "9" * 5000, " 1"):
+        assert header_int(odd) is None, odd
+
+
+def test_a_throttle_without_a_usable_reset_backs_off_and_holds_the_key() -> None:
+    """10006 (or 429) with no reset, one already passed on our clock, or one implausibly far:
+    the wait doubles from a floor to a cap, and every request on that key is held back."""
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    key = ("/v5/order/cancel", "linear")
+    waits = [limiter.throttled(key, None, http=False) for _ in range(6)]
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert limiter.reserve(key) > 0.9  # the key itself is blocked, for every caller
+    past, far = clock.now_ms() - 800, clock.now_ms() + 10**9
+    other = ("/v5/order/cancel", "spot")
+    assert [limiter.throttled(other, r, http=False) for r in (past, far)] == [0.1, 0.2]
+    soon = ("/v5/order/realtime", "linear")
+    assert 0.25 <= limiter.throttled(soon, clock.now_ms() + 300, http=False) <= 0.3
+    http = ("/v5/order/history", "linear")
+    assert [limiter.throttled(http, None, http=True) for _ in range(4)] == [0.5, 1.0, 2.0, 2.0]
+
+
+def test_feed_ignores_a_limit_header_that_is_not_a_count() -> None:
+    limiter = RateLimiter(Clock())
+    for odd in ("²", "9" * 5000, "-3"):
+        limiter.feed(("/v5/order/cancel", "linear"), {"X-Bapi-Limit": odd})  # no ValueError
+    assert limiter.reserve(("/v5/order/cancel", "linear")) == 0.0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>maintenance</html>",
+        '{"retCode":0,"retMsg":"OK","result":null,"time":0}',
+        '{"retCode":0,"retMsg":"OK","result":{"timeNano":"abc"},"time":1}',
+        '{"retCode":0,"retMsg":"OK","result":{"timeNano":""},"time":0}',
+    ],
+)
+async def test_an_odd_server_time_is_an_http_status_error(
+    rest: RestClient, mock: aioresponses, body: str
+) -> None:
+    """Only BybitError leaves server_time_ms: the stream's re-auth and the 10002 retry catch it
+    (a DecodeError or ValueError used to crash the stream task for good)."""
+    mock.get(f"{BASE}/v5/market/time", status=200, body=body)
+    with pytest.raises(HTTPStatusError):
+        await rest.server_time_ms()
+
+
+async def test_no_signature_in_the_locals_of_a_failed_request(
+    rest: RestClient, mock: aioresponses
+) -> None:
+    """A traceback that captures locals (Sentry, rich, loguru's diagnose) must not show the
+    signed headers of the request that failed."""
+    mock.post(CANCEL, status=403, body="access too frequent")
+    with pytest.raises(HTTPStatusError) as info:
+        await rest.cancel(BODY)
+    tb = info.value.__traceback__
+    seen = 0
+    while tb is not None:
+        for name, value in tb.tb_frame.f_locals.items():
+            seen += 1
+            assert not (isinstance(value, dict) and "X-BAPI-SIGN" in value), name
+            assert "X-BAPI-SIGN" not in repr(value)[:10_000], name
+        tb = tb.tb_next
+    assert seen
