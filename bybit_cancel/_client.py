@@ -32,7 +32,9 @@ import aiohttp
 from ._call import DONE, Call, wake_all
 from ._core import CancelTracker
 from ._exceptions import (
+    FINISHED_RET_CODES,
     NOT_FOUND_RET_CODES,
+    PROCESSING_RET_CODE,
     AuthenticationError,
     BybitAPIError,
     BybitError,
@@ -516,16 +518,25 @@ class BybitCancelClient:
     async def _after_send_error(
         self, entry: Call, exc: Exception, order_filter: str | None
     ) -> CancelResult:
-        if isinstance(exc, BybitAPIError) and exc.ret_code in NOT_FOUND_RET_CODES:
-            return await self._resolve_not_found(entry, exc, order_filter)
+        if isinstance(exc, BybitAPIError):
+            code = exc.ret_code
+            if code in NOT_FOUND_RET_CODES or code in FINISHED_RET_CODES:
+                return await self._resolve_not_found(entry, exc, order_filter)
+            if code == PROCESSING_RET_CODE:
+                # "Cancel order request processing" (§6: wait for WS): an ack in all but name.
+                return self._outcome(entry) or await self._confirm(entry, order_filter)
         outcome = self._outcome(entry)  # closed or timed out meanwhile: raise that instead
         if outcome is not None:
             return outcome  # the order ended anyway; that is the answer
-        if not (isinstance(exc, BybitError) and _transient(exc)):
+        if not (isinstance(exc, BybitError) and exc.may_have_landed):
             raise exc
-        # Only reached with max_retries set: a failed send does not mean the cancel did not land
-        # (the request may have reached Bybit). Wait for the stream and ask REST until the deadline.
+        # A failed send does not mean the cancel did not land (an attempt timed out, got a 5xx
+        # or a server error, or its answer was unreadable): confirm before reporting anything.
         log.warning("cancel request failed (%s); the cancel may have landed, confirming", exc)
+        return await self._confirm(entry, order_filter)
+
+    async def _confirm(self, entry: Call, order_filter: str | None) -> CancelResult:
+        """Wait for the push, then ask REST until final or the deadline."""
         outcome = await self._park(entry, self._push_grace)
         if outcome is not None:
             return outcome
@@ -626,6 +637,10 @@ class BybitCancelClient:
         outcome = self._outcome(entry)
         if outcome is not None:
             return outcome
+        if exc.ret_code in FINISHED_RET_CODES:
+            # Bybit says the order has ended; learn how. Its final state may not show on REST at
+            # once (history lags, §8): ask until it does, or until the deadline.
+            return await self._await_final(entry, order_filter)
         order = await self._answered_lookup(entry, order_filter)
         outcome = self._outcome(entry)
         if outcome is not None:

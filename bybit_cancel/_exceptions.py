@@ -33,13 +33,29 @@ __all__ = [
 # retCodes that mean the credentials, their permissions or their binding are wrong
 # (bybit-protocol.md §6 "retCodes seen on cancel"). Retrying cannot help.
 AUTH_RET_CODES = frozenset({10003, 10004, 10005, 10010, 33004, -2015})
-# "Order does not exist" on REST: 110001 for derivatives, 170213 for spot. Ambiguous: the order may have
-# just filled or been cancelled (bybit-protocol.md §12.1), so the client looks it up before believing it.
-NOT_FOUND_RET_CODES = frozenset({110001, 170213})
+# "Order does not exist" on REST: 110001 for derivatives, 170213 for spot, 170143 "Cannot be found
+# on order book". Ambiguous: the order may have just filled or been cancelled (bybit-protocol.md
+# §12.1), so the client looks it up before believing it.
+NOT_FOUND_RET_CODES = frozenset({110001, 170213, 170143})
+# The order has already ended (§6 "terminal"): 110008 "The order has been completed or cancelled.",
+# 110010 "The order has been cancelled", 170139 "Order has been filled.", 170142 "Order has been
+# cancelled", 170190 "Cancel order has been finished". The client looks up its true final state.
+FINISHED_RET_CODES = frozenset({110008, 110010, 170139, 170142, 170190})
+# 170212 "Cancel order request processing" (§6: "wait for WS"): accepted, in all but name.
+PROCESSING_RET_CODE = 170212
 
 
 class BybitError(Exception):
-    """Root of every error this library raises (except ``ValueError`` for bad input)."""
+    """Root of every error this library raises (except ``ValueError`` for bad input).
+
+    Attributes:
+        may_have_landed: True when the cancel request that failed may still have reached Bybit
+            and been applied (an attempt timed out or got a 5xx or a server error, or the answer
+            could not be read). ``cancel_order`` confirms the order's state before it reports
+            such an error.
+    """
+
+    may_have_landed = False
 
 
 class BybitAPIError(BybitError):

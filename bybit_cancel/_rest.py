@@ -30,6 +30,7 @@ import msgspec
 from yarl import URL
 
 from ._exceptions import (
+    BybitError,
     HTTPStatusError,
     TransportError,
     error_from_ret_code,
@@ -60,6 +61,12 @@ log = logging.getLogger("bybit_cancel")
 
 _TIMESTAMP_ERROR = 10002
 _RATE_LIMITED = frozenset({10006, 10018})
+# Sent again with backoff, like a 5xx (§6 "retCodes seen on cancel"): 10000 server timeout,
+# 10016 server error or restarting, 110079 "The order is processing ... try again later", 30035
+# option "Too fast to cancel", 170147 "Order cancellation timeout", 170150 "Cancel order failed".
+_RETRY_RET_CODES = frozenset({10000, 10016, 110079, 30035, 170147, 170150})
+# Of those, the ones after which the request may have been applied ("verify", §6).
+_AMBIGUOUS_RET_CODES = frozenset({10000, 10016, 170147, 170150})
 
 
 class Clock:
@@ -377,106 +384,128 @@ class RestClient:
         key = (path, category)
         failures = 0  # network errors, timeouts, 5xx: bounded by max_retries, if set
         resynced = False
-        while True:
-            wait = self.limiter.reserve(key)
-            while wait > 0:
-                # Rate-limit waits are bounded by the caller's deadline only (§7: the window
-                # reopens within a second).
-                self.stats.rate_limit_waits += 1
-                await asyncio.sleep(wait)
+        # Set once an attempt may have reached Bybit and been applied without our learning so (a
+        # network error or timeout, a 5xx, a server error, an unreadable answer): whatever this
+        # call raises then carries `may_have_landed`, and the caller confirms before reporting.
+        landed = False
+        try:
+            while True:
                 wait = self.limiter.reserve(key)
-            # One request, in this frame (no coroutine per attempt: it is the hot path). Wait for
-            # a connection slot, then sign (only now: §1 timestamp window) and send.
-            slots = self._slots
-            if slots:
-                if self._inflight < slots and not self._slot_waiters:
-                    self._inflight += 1  # the common case: a free slot, no await, no allocation
-                else:
-                    await self._wait_for_slot()
-            try:
-                try:
-                    self.stats.requests += 1
-                    # Signed now (§1 timestamp window), in this frame (`Clock.now_ms` inlined).
-                    now_ms = int(time.time() * 1000) + self.clock.offset_ms
-                    if method == "GET":
-                        # Bybit signs the query string exactly as sent (§1). Values here are
-                        # symbols, ids and enum words ([A-Za-z0-9_.-], validated), so no
-                        # percent-encoding is involved; yarl is told the URL is already encoded
-                        # so it sends these bytes unchanged.
-                        query = "&".join(f"{k}={v}" for k, v in params.items())
-                        ctx = self._session.get(
-                            URL(f"{self._base}{path}?{query}", encoded=True),
-                            headers=self._signer.headers(now_ms, query.encode()),
-                            timeout=self._timeout,
-                            # Never follow a redirect: it would re-send the signed headers to
-                            # another host.
-                            allow_redirects=False,
-                        )
-                    else:
-                        payload = encoder.encode(params)
-                        # (The signed headers are passed inline, never bound to a local of this
-                        # frame: a traceback that captures locals would show the signature.)
-                        ctx = self._session.post(
-                            self._base + path,
-                            data=payload,
-                            headers=self._signer.post_headers(now_ms, payload),
-                            timeout=self._timeout,
-                            allow_redirects=False,
-                        )
-                    async with ctx as resp:
-                        status, headers, body = resp.status, resp.headers, await resp.read()
-                finally:
-                    if slots:
-                        self._release_slot()  # before any backoff below
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # Describe, never repr: aiohttp's reprs carry the request headers (signature).
-                why = f"{method} {path} failed: {_describe(exc)}"
-                failures += 1
-                if self._max_retries is not None and failures > self._max_retries:
-                    raise TransportError(why) from None
-                await self._backoff(failures, why)
-                continue
-            self.limiter.feed(key, headers)
-            if status != 200:
-                if status >= 500:
-                    failures += 1
-                    if self._max_retries is not None and failures > self._max_retries:
-                        raise HTTPStatusError(status, _snippet(body))
-                    await self._backoff(failures, f"{method} {path}: HTTP {status}")
-                    continue
-                if status == 429:
-                    # "System level frequency protection. Please retry" (§1 HTTP status codes):
-                    # the limiter holds every request on this key back, longer each time.
+                while wait > 0:
+                    # Rate-limit waits are bounded by the caller's deadline only (§7: the window
+                    # reopens within a second).
                     self.stats.rate_limit_waits += 1
-                    reset = header_int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
-                    self.limiter.throttled(key, reset, http=True)
+                    await asyncio.sleep(wait)
+                    wait = self.limiter.reserve(key)
+                # One request, in this frame (no coroutine per attempt: it is the hot path).
+                # Wait for a connection slot, then sign (only now: §1 timestamp window) and send.
+                slots = self._slots
+                if slots:
+                    if self._inflight < slots and not self._slot_waiters:
+                        self._inflight += 1  # the common case: a free slot, no await, no allocation
+                    else:
+                        await self._wait_for_slot()
+                try:
+                    try:
+                        self.stats.requests += 1
+                        # Signed now (§1 timestamp window), in this frame (`Clock.now_ms` inlined).
+                        now_ms = int(time.time() * 1000) + self.clock.offset_ms
+                        if method == "GET":
+                            # Bybit signs the query string exactly as sent (§1). Values here are
+                            # symbols, ids and enum words ([A-Za-z0-9_.-], validated), so no
+                            # percent-encoding is involved; yarl is told the URL is already encoded
+                            # so it sends these bytes unchanged.
+                            query = "&".join(f"{k}={v}" for k, v in params.items())
+                            ctx = self._session.get(
+                                URL(f"{self._base}{path}?{query}", encoded=True),
+                                headers=self._signer.headers(now_ms, query.encode()),
+                                timeout=self._timeout,
+                                # Never follow a redirect: it would re-send the signed headers to
+                                # another host.
+                                allow_redirects=False,
+                            )
+                        else:
+                            payload = encoder.encode(params)
+                            # (The signed headers are passed inline, never bound to a local of this
+                            # frame: a traceback that captures locals would show the signature.)
+                            ctx = self._session.post(
+                                self._base + path,
+                                data=payload,
+                                headers=self._signer.post_headers(now_ms, payload),
+                                timeout=self._timeout,
+                                allow_redirects=False,
+                            )
+                        async with ctx as resp:
+                            status, headers, body = resp.status, resp.headers, await resp.read()
+                    finally:
+                        if slots:
+                            self._release_slot()  # before any backoff below
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    # Describe, never repr: aiohttp's reprs carry the request headers (signature).
+                    why = f"{method} {path} failed: {_describe(exc)}"
+                    failures += 1
+                    landed = True
+                    if self._max_retries is not None and failures > self._max_retries:
+                        raise TransportError(why) from None
+                    await self._backoff(failures, why)
                     continue
-                if status == 403:
-                    # An IP ban lasts at least 10 minutes (§7): retrying only extends it.
-                    raise HTTPStatusError(
-                        403,
-                        "forbidden: IP rate limit breached or region blocked (§7); "
-                        "stop and wait at least 10 minutes: " + _snippet(body),
-                    )
-                raise HTTPStatusError(status, _snippet(body))
-            try:
-                env = decoder.decode(body)
-            except msgspec.DecodeError:
-                raise HTTPStatusError(status, "undecodable body: " + _snippet(body)) from None
-            code = env.ret_code
-            if code == 0:
-                return env
-            if code in _RATE_LIMITED:
-                reset = header_int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
-                wait = self.limiter.throttled(key, reset, http=False)
-                log.debug("%s %s rate limited (%d), waiting %.2fs", method, path, code, wait)
-                continue
-            if code == _TIMESTAMP_ERROR and not resynced:
-                resynced = True
-                log.warning("%s %s: %s; resyncing the clock", method, path, env.ret_msg)
-                await self.resync_clock()
-                continue
-            raise error_from_ret_code(code, env.ret_msg)
+                self.limiter.feed(key, headers)
+                if status != 200:
+                    if status >= 500:
+                        failures += 1
+                        landed = True
+                        if self._max_retries is not None and failures > self._max_retries:
+                            raise HTTPStatusError(status, _snippet(body))
+                        await self._backoff(failures, f"{method} {path}: HTTP {status}")
+                        continue
+                    if status == 429:
+                        # "System level frequency protection. Please retry" (§1 HTTP status codes):
+                        # the limiter holds every request on this key back, longer each time.
+                        self.stats.rate_limit_waits += 1
+                        reset = header_int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
+                        self.limiter.throttled(key, reset, http=True)
+                        continue
+                    if status == 403:
+                        # An IP ban lasts at least 10 minutes (§7): retrying only extends it.
+                        raise HTTPStatusError(
+                            403,
+                            "forbidden: IP rate limit breached or region blocked (§7); "
+                            "stop and wait at least 10 minutes: " + _snippet(body),
+                        )
+                    raise HTTPStatusError(status, _snippet(body))
+                try:
+                    env = decoder.decode(body)
+                except msgspec.DecodeError:
+                    landed = True  # Bybit answered: it may have acted on the request
+                    raise HTTPStatusError(status, "undecodable body: " + _snippet(body)) from None
+                code = env.ret_code
+                if code == 0:
+                    return env
+                if code in _RATE_LIMITED:
+                    reset = header_int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
+                    wait = self.limiter.throttled(key, reset, http=False)
+                    log.debug("%s %s rate limited (%d), waiting %.2fs", method, path, code, wait)
+                    continue
+                if code in _RETRY_RET_CODES:
+                    # A server error or "try again later" (§6): send again, as after a 5xx. A
+                    # cancel sent twice is harmless: the second answers 110001, which the
+                    # client's lookup resolves.
+                    failures += 1
+                    landed = landed or code in _AMBIGUOUS_RET_CODES
+                    if self._max_retries is not None and failures > self._max_retries:
+                        raise error_from_ret_code(code, env.ret_msg)
+                    await self._backoff(failures, f"{method} {path}: retCode {code}")
+                    continue
+                if code == _TIMESTAMP_ERROR and not resynced:
+                    resynced = True
+                    log.warning("%s %s: %s; resyncing the clock", method, path, env.ret_msg)
+                    await self.resync_clock()
+                    continue
+                raise error_from_ret_code(code, env.ret_msg)
+        except BybitError as err:
+            if landed:
+                err.may_have_landed = True
+            raise
 
     async def _backoff(self, failures: int, why: str) -> None:
         self.stats.retries += 1

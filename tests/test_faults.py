@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bybit_cancel import (
     AuthenticationError,
+    BybitAPIError,
     BybitCancelClient,
     BybitError,
     CancelResult,
@@ -316,6 +317,80 @@ async def test_http_403_is_typed_and_not_retried(fx: FakeExchange) -> None:
 
 
 # ------------------------------------------------------------------- shutdown and cancellation
+
+
+@pytest.mark.parametrize(
+    ("code", "msg"),
+    [
+        (110008, "The order has been completed or cancelled."),
+        (110010, "The order has been cancelled"),
+        (170139, "Order has been filled."),
+        (170142, "Order has been cancelled"),
+        (170190, "Cancel order has been finished"),
+    ],
+)
+async def test_a_cancel_answered_already_finished_returns_the_true_state(
+    fx: FakeExchange, code: int, msg: str
+) -> None:
+    """Bybit may answer the cancel of an order that has just ended with one of the "terminal"
+    codes of §6 rather than 110001: the client looks the order up and returns how it ended
+    (it used to raise BybitAPIError)."""
+    o = fx.seed_order()
+    fx.fill(o.order_id, push=False)  # filled; the push never reaches the client
+    fx.finished_answer = (code, msg)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+    assert r.status == "Filled" and not r.cancelled and r.source == "rest"
+
+
+async def test_cancel_request_processing_170212_waits_for_the_push(fx: FakeExchange) -> None:
+    """170212 "Cancel order request processing" (§6: wait for WS) is taken as an ack."""
+    fx.push_delay = 0.3  # the push comes well after the answer
+    o = fx.seed_order()
+    fx.add_fault(Fault.PROCESSING_170212)
+    async with fast_client(fx, push_grace=5.0) as client:
+        r = await cancel(client, o.order_id)
+    assert r.cancelled and r.source == "websocket" and cancel_requests(fx) == 1
+
+
+async def test_server_error_10016_is_sent_again(fx: FakeExchange) -> None:
+    """10016 (server error, not applied): the cancel is sent again, as after a 5xx (it used to
+    be only confirmed, so an order that was never cancelled ran into the deadline)."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.SERVER_ERROR_10016)
+    async with fast_client(fx) as client:
+        r = await client.cancel_order(
+            category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=3
+        )
+    assert r.cancelled and cancel_requests(fx) == 2
+
+
+async def test_a_cancel_that_may_have_landed_is_confirmed_before_an_error(
+    fx: FakeExchange,
+) -> None:
+    """The first attempt is applied but answered 502; the re-send meets a 403. The cancel did
+    land: the client confirms and returns Cancelled (it used to raise the 403 at once)."""
+    fx.push_delay = 0.5  # the cancel takes effect, and is pushed, after the 403
+    o = fx.seed_order()
+    fx.add_fault(Fault.HTTP_502, applied=True)
+    fx.add_fault(Fault.HTTP_403)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+    assert r.cancelled and cancel_requests(fx) == 2
+
+
+async def test_a_second_10002_is_raised_not_confirmed(fx: FakeExchange) -> None:
+    """A cancel refused twice for its timestamp never reached the book: BybitAPIError(10002)
+    at once, as documented (it used to wait for a confirmation until the deadline)."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.TIMESTAMP_10002, times=2)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with fast_client(fx) as client:
+        with pytest.raises(BybitAPIError) as info:
+            await cancel(client, o.order_id)
+    assert info.value.ret_code == 10002 and not info.value.may_have_landed
+    assert loop.time() - t0 < 5 and fx.order(o.order_id).status == "New"
 
 
 async def test_a_10006_reset_far_ahead_does_not_block_the_endpoint(fx: FakeExchange) -> None:

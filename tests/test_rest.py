@@ -176,8 +176,42 @@ async def test_10002_resyncs_once(rest: RestClient, mock: aioresponses) -> None:
 
 async def test_undecodable_200(rest: RestClient, mock: aioresponses) -> None:
     mock.post(CANCEL, status=200, body="<html>maintenance</html>")
-    with pytest.raises(HTTPStatusError, match="undecodable"):
+    with pytest.raises(HTTPStatusError, match="undecodable") as info:
         await rest.cancel(BODY)
+    assert info.value.may_have_landed  # Bybit answered: it may have acted on the request
+
+
+@pytest.mark.parametrize(
+    ("code", "landed"),
+    [(10000, True), (10016, True), (170147, True), (170150, True), (110079, False), (30035, False)],
+)
+async def test_server_errors_are_sent_again(
+    rest: RestClient, mock: aioresponses, code: int, landed: bool
+) -> None:
+    """§6 codes that say "retry" are sent again like a 5xx; past max_retries the error says
+    whether the request may have been applied."""
+    mock.post(CANCEL, payload=env(code, "server busy"))
+    mock.post(CANCEL, payload=OK)
+    assert (await rest.cancel(BODY)).result is not None and rest.stats.requests == 2
+    for _ in range(4):  # max_retries is 3
+        mock.post(CANCEL, payload=env(code, "server busy"))
+    with pytest.raises(BybitAPIError) as info:
+        await rest.cancel(BODY)
+    assert info.value.ret_code == code and info.value.may_have_landed is landed
+
+
+async def test_an_error_after_an_ambiguous_attempt_may_have_landed(
+    rest: RestClient, mock: aioresponses
+) -> None:
+    mock.post(CANCEL, status=502, body="bad gateway")
+    mock.post(CANCEL, status=403, body="access too frequent")
+    with pytest.raises(HTTPStatusError) as info:
+        await rest.cancel(BODY)
+    assert info.value.status == 403 and info.value.may_have_landed
+    mock.post(CANCEL, status=403, body="access too frequent")
+    with pytest.raises(HTTPStatusError) as info:
+        await rest.cancel(BODY)
+    assert not info.value.may_have_landed  # nothing before it could have been applied
 
 
 async def test_signed_body_is_the_sent_body(rest: RestClient, mock: aioresponses) -> None:

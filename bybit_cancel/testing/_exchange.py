@@ -135,6 +135,11 @@ class Fault(enum.StrEnum):
     HTTP_429 = enum.auto()
     FILL_BEFORE_CANCEL = enum.auto()
     DOUBLE_FILLED = enum.auto()
+    # protocol §6: 170212 "Cancel order request processing" ("wait for WS"): the cancel is
+    # applied and pushed as usual, but the REST answer is that error instead of the ack.
+    PROCESSING_170212 = enum.auto()
+    # protocol §6: 10016 "Server error" ("retry, then verify"); applied or not (`applied`).
+    SERVER_ERROR_10016 = enum.auto()
 
 
 # Faults that act on the HTTP exchange alone; they can fire whether or not the order exists.
@@ -146,6 +151,7 @@ _TRANSPORT_FAULTS: Final = frozenset(
         Fault.TIMESTAMP_10002,
         Fault.HTTP_403,
         Fault.HTTP_429,
+        Fault.SERVER_ERROR_10016,
     }
 )
 # Chaos default: every fault after which the truth can still be learned (by WS or REST).
@@ -265,6 +271,10 @@ class FakeExchange:
         self.idle_timeout = idle_timeout
         self.clock_offset_ms: int = 0
         self.refuse_auth: bool = False
+        # The answer to a cancel of an order that has already ended. None: the not-found answer
+        # (110001/170213), as observed; protocol §6 also lists 110008 "The order has been
+        # completed or cancelled.", 110010, 170139 "Order has been filled.", 170142 and 170190.
+        self.finished_answer: tuple[int, str] | None = None
         self.requests: list[RecordedRequest] = []
         self.ws_received: list[dict[str, Any]] = []
         self.pushes_sent: int = 0
@@ -1233,6 +1243,10 @@ class FakeExchange:
                 ts = request.headers.get("X-BAPI-TIMESTAMP", "")
                 rw = int(request.headers.get("X-BAPI-RECV-WINDOW", "5000"))
                 return self._err_10002(ts, rw, rl)
+            if fault is Fault.SERVER_ERROR_10016:
+                if spec.applied and cancellable and order is not None:
+                    self._begin_cancel(order, self.push_delay, "normal")
+                return self._err(10016, "Server error.", rl)
             # REST_TIMEOUT: applied and pushed normally; the HTTP answer is held back.
             if cancellable and order is not None:
                 resp = self._json(
@@ -1247,13 +1261,26 @@ class FakeExchange:
 
         if not cancellable or order is None:
             # protocol §6: unknown order, wrong symbol/category/book, or already final.
+            if (
+                self.finished_answer is not None
+                and order is not None
+                and order.is_final
+                and order.category == category
+                and order.symbol == symbol
+            ):
+                return self._err(*self.finished_answer, rl)
             return self._err(*self._not_found(category), rl)
 
         if fault is Fault.FILL_BEFORE_CANCEL:
-            # The order fills just before the cancel lands: Filled push, then "does not exist".
+            # The order fills just before the cancel lands: Filled push, then "does not exist"
+            # (or `finished_answer`).
             self._do_fill(order, None)
             self._emit_now([self._ws_order(order)])
-            return self._err(*self._not_found(category), rl)
+            return self._err(*(self.finished_answer or self._not_found(category)), rl)
+
+        if fault is Fault.PROCESSING_170212:
+            self._begin_cancel(order, self.push_delay, "normal")
+            return self._err(170212, "Cancel order request processing", rl)
 
         resp = self._json({"orderId": order.order_id, "orderLinkId": order.order_link_id}, rl)
         if fault is Fault.PUSH_BEFORE_ACK:
