@@ -646,6 +646,10 @@ class BybitCancelClient:
         if outcome is not None:
             return outcome
         if order is None:
+            if exc.may_have_landed:
+                # An earlier attempt may have cancelled it, so it did exist: neither lookup
+                # knowing it means a Bybit restart plus history's lag (§8), not "no such order".
+                return await self._await_final(entry, order_filter)
             raise OrderNotFound(exc.ret_code, exc.ret_msg) from None
         # Bybit knows the order and it is still open, yet it would not cancel it: a cancel aimed
         # at the wrong spot book (orderFilter, §6) or one racing a fill. Give the race a chance.

@@ -343,6 +343,25 @@ async def test_a_cancel_answered_already_finished_returns_the_true_state(
     assert r.status == "Filled" and not r.cancelled and r.source == "rest"
 
 
+async def test_not_found_after_an_attempt_that_may_have_landed_is_not_believed(
+    fx: FakeExchange,
+) -> None:
+    """The first attempt gets a 502, the re-send 110001: the first may have cancelled the order,
+    so it did exist. With realtime's memory of closed orders gone (a Bybit restart) and history
+    lagging (§8), neither lookup knows it at first: the client keeps asking until history shows
+    it (it used to raise OrderNotFound)."""
+    o = fx.seed_order()
+    fx._cancel_in_book(fx.order(o.order_id))  # it ended, and no push tells the client
+    fx._rt_closed.clear()  # what restart() does to realtime (without dropping the socket)
+    fx.history_delay = 0.6
+    fx.add_fault(Fault.HTTP_502)
+    async with fast_client(fx) as client:
+        r = await client.cancel_order(
+            category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=5
+        )
+    assert r.cancelled and r.source == "rest" and cancel_requests(fx) == 2
+
+
 async def test_cancel_request_processing_170212_waits_for_the_push(fx: FakeExchange) -> None:
     """170212 "Cancel order request processing" (§6: wait for WS) is taken as an ack."""
     fx.push_delay = 0.3  # the push comes well after the answer

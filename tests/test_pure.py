@@ -118,6 +118,21 @@ def test_rest_envelopes_decode() -> None:
     assert server_time_decoder.decode(t.result).time_nano == "1688639403423213947"
 
 
+def test_observed_realtime_answers_decode() -> None:
+    """Real answers as Bybit sent them: spot's has "" where linear has values, and neither
+    retExtInfo nor time (rest/order-realtime.response.observed-*.json)."""
+    spot = orders_envelope_decoder.decode(
+        fixture_bytes("rest/order-realtime.response.observed-spot-new.json")
+    )
+    assert spot.ret_code == 0 and spot.result is not None and spot.result.category == "spot"
+    order = spot.result.orders[0]
+    assert order.order_status == "New" and order.order_id.isdigit() and order.leaves_qty == ""
+    linear = orders_envelope_decoder.decode(
+        fixture_bytes("rest/order-realtime.response.observed-linear-new.json")
+    )
+    assert linear.result is not None and linear.result.orders[0].order_status == "New"
+
+
 def test_null_result_envelope() -> None:
     """Old errors carry "result": null; the cancel answer still decodes (no ack in it)."""
     raw = b'{"retCode":10001,"retMsg":"x","result":null,"time":1}'

@@ -275,6 +275,9 @@ class FakeExchange:
         # (110001/170213), as observed; protocol §6 also lists 110008 "The order has been
         # completed or cancelled.", 110010, 170139 "Order has been filled.", 170142 and 170190.
         self.finished_answer: tuple[int, str] | None = None
+        # protocol §8: history "may delay". An order that has ended shows in /v5/order/history
+        # only this many seconds after its last update (0: at once).
+        self.history_delay: float = 0.0
         self.requests: list[RecordedRequest] = []
         self.ws_received: list[dict[str, Any]] = []
         self.pushes_sent: int = 0
@@ -1456,14 +1459,19 @@ class FakeExchange:
         if oid or link:
             o = self._lookup(oid, link)
             found: list[FakeOrder] = []
-            if o is not None and o.category == category and o.is_final:
+            if o is not None and o.category == category and o.is_final and self._in_history(o):
                 found.append(o)
             return self._json(self._list_result(found, q, category, True), rl)
         ids = self._history.get(category, {})
-        pool = (self._orders[i] for i in ids)
+        pool = (o for o in (self._orders[i] for i in ids) if self._in_history(o))
         status = q.get("orderStatus")
         orders = [o for o in self._filtered(pool, q) if not status or o.status == status]
         return self._json(self._list_result(orders, q, category, True), rl)
+
+    def _in_history(self, order: FakeOrder) -> bool:
+        return not self.history_delay or (
+            self.now_ms() - order.updated_time >= self.history_delay * 1000
+        )
 
     # ------------------------------------------------------------------ scheduling and pushes
 
