@@ -30,7 +30,7 @@ from bybit_cancel import (
 )
 from bybit_cancel._rest import RestClient
 from bybit_cancel._stream import PrivateStream
-from bybit_cancel.testing import FakeExchange, Fault
+from bybit_cancel.testing import BYBIT_RATE_LIMITS, FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
 from .helpers import wait_until
@@ -410,6 +410,20 @@ async def test_a_second_10002_is_raised_not_confirmed(fx: FakeExchange) -> None:
             await cancel(client, o.order_id)
     assert info.value.ret_code == 10002 and not info.value.may_have_landed
     assert loop.time() - t0 < 5 and fx.order(o.order_id).status == "New"
+
+
+async def test_a_burst_at_bybits_own_rate_limits_is_paced(fx: FakeExchange) -> None:
+    """40 cancels at once against Bybit's default limit (10/s for a linear cancel, §7): the
+    first burst meets 30 refusals (nothing is known yet), then the limiter, told the limit by
+    those answers, paces the re-sends, so hardly any of them is refused (unpaced, they would
+    meet 20 and then 10 more)."""
+    fx.rate_limits.update(BYBIT_RATE_LIMITS)
+    orders = [fx.seed_order() for _ in range(40)]
+    async with fast_client(fx) as client:
+        results = await asyncio.gather(*(cancel(client, o.order_id) for o in orders))
+    assert all(r.cancelled for r in results)
+    refused = sum(1 for r in fx.requests if r.path == "/v5/order/cancel") - len(orders)
+    assert 30 <= refused <= 35
 
 
 async def test_a_10006_reset_far_ahead_does_not_block_the_endpoint(fx: FakeExchange) -> None:

@@ -3,6 +3,12 @@
 Independent of the rest of ``bybit_cancel``: only the stdlib and aiohttp are used here.
 """
 
-from bybit_cancel.testing._exchange import FakeExchange, FakeOrder, Fault, RecordedRequest
+from bybit_cancel.testing._exchange import (
+    BYBIT_RATE_LIMITS,
+    FakeExchange,
+    FakeOrder,
+    Fault,
+    RecordedRequest,
+)
 
-__all__ = ["FakeExchange", "FakeOrder", "Fault", "RecordedRequest"]
+__all__ = ["BYBIT_RATE_LIMITS", "FakeExchange", "FakeOrder", "Fault", "RecordedRequest"]

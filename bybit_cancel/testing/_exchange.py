@@ -38,7 +38,17 @@ SPOT_FILTERS: Final = frozenset({"Order", "tpslOrder", "StopOrder"})
 FINAL_STATUSES: Final = frozenset(
     {"Cancelled", "PartiallyFilledCanceled", "Filled", "Rejected", "Deactivated"}
 )
+# Requests per second per endpoint when `rate_limits` does not name it: lifted far above Bybit's
+# own, so that tests and benchmarks can burst. Pass `rate_limits=BYBIT_RATE_LIMITS` to meet
+# Bybit's defaults (protocol §7, UTA, linear/inverse/option; spot's are 20/s for cancel, not
+# modelled: the fake has one limit per endpoint, counted per category).
 DEFAULT_RATE_LIMIT: Final = 10_000
+BYBIT_RATE_LIMITS: Final = {
+    "/v5/order/cancel": 10,
+    "/v5/order/create": 10,
+    "/v5/order/realtime": 50,
+    "/v5/order/history": 50,
+}
 MAX_ORDERS_PER_PUSH: Final = 50
 _PRIVATE_TOPICS: Final = frozenset(
     {"order", "execution", "execution.fast", "position", "wallet", "greeks", "dcp"}
@@ -246,6 +256,10 @@ class FakeExchange:
     """A local Bybit v5 fake: REST and the private websocket on one 127.0.0.1 port.
 
     Use ``await fx.start()`` / ``await fx.stop()`` or ``async with FakeExchange(...) as fx``.
+
+    Rate limits are lifted by default (10,000 requests/s per endpoint and category); pass
+    ``rate_limits=BYBIT_RATE_LIMITS`` for Bybit's own (10/s for a linear cancel), or any
+    ``{endpoint: per_second}``.
     """
 
     def __init__(
