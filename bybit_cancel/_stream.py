@@ -68,7 +68,8 @@ class PrivateStream:
     Args:
         on_orders: called (synchronously, on the reader task) with each push's ``data[]``.
         on_reconnected: called after every successful reconnect (not after the first connect).
-        on_failed: called once if the stream gives up for good (auth refused on a reconnect).
+        on_failed: called once if the stream gives up for good (auth refused on a reconnect,
+            and still refused once the clock was resynced).
         resync_clock: measures Bybit's clock; called once before retrying a refused auth.
     """
 
@@ -116,8 +117,9 @@ class PrivateStream:
         """Connect, authenticate and subscribe, then start the supervisor task.
 
         Raises:
-            AuthenticationError: the exchange refused the websocket auth.
-            TransportError: the connection or the handshake failed or timed out.
+            AuthenticationError: the exchange refused the websocket auth (after a clock resync).
+            TransportError: the connection or the handshake failed or timed out, or the auth
+                was refused and the clock resync failed.
         """
         self.state = ConnectionState.CONNECTING
         opener = asyncio.current_task()
@@ -185,7 +187,8 @@ class PrivateStream:
         try:
             await self._resync_clock()
         except BybitError as exc:
-            log.warning("clock resync failed: %s", exc)
+            # Unmeasured, the clock may still be the cause: transient, not a refusal for good.
+            raise TransportError(f"websocket auth refused, clock resync failed: {exc}") from exc
         return await self._connect_once()
 
     async def _connect_once(self) -> ClientConnection:
@@ -255,18 +258,25 @@ class PrivateStream:
             self._on_failed(BybitError(f"the private stream task crashed: {exc!r}"))
 
     async def _reconnect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             ws = self._ws
             if ws is not None:
+                up_since = loop.time()
                 await self._serve(ws)
+                # Only a connection that stayed up resets the backoff: one dropped right after
+                # its handshake meets the growing backoff (§3 Connection limits).
+                if loop.time() - up_since >= self._ping_interval:
+                    attempt = 0
                 self._ws = None
                 await _close_ws(ws)
             self.state = ConnectionState.RECONNECTING
             attempt += 1
             # Full jitter; the first retry comes quickly, later ones spread out (Bybit: "Do not
-            # frequently connect and disconnect", §3 Connection limits).
-            cap = min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
+            # frequently connect and disconnect", §3 Connection limits). The exponent is bounded,
+            # or it overflows a float after ~1025 failures in a row (hours of outage).
+            cap = min(self._backoff_cap, self._backoff_base * 2 ** min(attempt - 1, 60))
             await asyncio.sleep(self._rng.uniform(cap / 2, cap))
             try:
                 self._ws = await self._connect()
@@ -278,7 +288,6 @@ class PrivateStream:
             except (TransportError, BybitAPIError) as exc:
                 log.warning("private stream reconnect %d failed: %s", attempt, exc)
                 continue
-            attempt = 0
             self.reconnects += 1
             self.state = ConnectionState.CONNECTED
             self._on_reconnected()

@@ -1,0 +1,253 @@
+"""The private stream's reconnect loop through long outages, flapping servers and a failed clock
+resync: it keeps trying, with a backoff that grows, and gives up only on a real auth refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bybit_cancel import (
+    BybitError,
+    ConnectionState,
+    OrderStatus,
+    TransportError,
+)
+from bybit_cancel._signing import Credentials
+from bybit_cancel._stream import PrivateStream
+from bybit_cancel.testing import FakeExchange, Fault
+
+from .conftest import KEY, SECRET, client_tasks, make_client
+from .helpers import wait_until
+
+
+class RecordingRandom(random.Random):
+    """Seeded jitter that records the (low, high) bounds of each backoff the loop asks for."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.bounds: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.bounds.append((a, b))
+        return super().uniform(a, b)
+
+
+def make_stream(
+    url: str,
+    rng: random.Random,
+    *,
+    backoff: tuple[float, float],
+    ping_interval: float = 20.0,
+    on_failed: Callable[[BybitError], None] = lambda exc: None,
+) -> PrivateStream:
+    return PrivateStream(
+        url,
+        Credentials("k", "s"),
+        now_ms=lambda: time.time_ns() // 1_000_000,
+        on_orders=lambda orders: None,
+        on_reconnected=lambda: None,
+        on_failed=on_failed,
+        resync_clock=None,
+        ping_interval=ping_interval,
+        handshake_timeout=2.0,
+        auth_expiry_ms=10_000,
+        reconnect_backoff=backoff,
+        rng=rng,
+    )
+
+
+# ------------------------------------------------------------------------------ long outage
+
+
+async def test_backoff_survives_thousands_of_failed_reconnects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ~1025 failed reconnects in a row (hours of outage at the default backoff), the
+    exponential backoff overflowed a float and the stream failed for good. It stays at its cap."""
+    rng = RecordingRandom(11)
+    failures: list[BybitError] = []
+    cap = 2e-6  # tiny, so that 1,500 attempts take milliseconds; the arithmetic is the same
+    stream = make_stream("ws://127.0.0.1:1/v5/private", rng, backoff=(1e-6, cap))
+    stream._on_failed = failures.append
+    target = 1500
+    attempts = 0
+
+    async def exchange_down() -> object:
+        nonlocal attempts
+        attempts += 1
+        if attempts == target:
+            await asyncio.Event().wait()  # still down: park here until close()
+        raise TransportError("websocket connect failed: connection refused")
+
+    monkeypatch.setattr(stream, "_connect", exchange_down)
+    # What open() leaves behind once its connection has died: the supervisor, no socket.
+    stream._task = asyncio.get_running_loop().create_task(
+        stream._supervise(), name="bybit_cancel.stream"
+    )
+    try:
+        await wait_until(lambda: attempts >= target or bool(failures), timeout=20)
+        assert failures == []
+        assert stream.state is ConnectionState.RECONNECTING
+        assert len(rng.bounds) == target
+        assert rng.bounds[-1] == (cap / 2, cap)
+    finally:
+        await stream.close()
+    assert client_tasks() == []
+
+
+# ---------------------------------------------------------------------------- flapping server
+
+
+class PrivateEndpoint:
+    """A /v5/private on 127.0.0.1 that acks auth and subscribe in Bybit's private dialect
+    (tests/fixtures/bybit/ws-private/) and then, per connection, as its plan says:
+    "flap" closes right after the subscribe ack, "ping" closes on the first ping (so the
+    connection outlived a ping interval), "hold" stays up answering pings."""
+
+    def __init__(self, plan: list[str]) -> None:
+        self.plan = plan
+        self.connections = 0
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> PrivateEndpoint:
+        app = web.Application()
+        app.router.add_get("/v5/private", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"ws://127.0.0.1:{self._runner.addresses[0][1]}/v5/private"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        n = self.connections
+        self.connections += 1
+        mode = self.plan[n] if n < len(self.plan) else "hold"
+        conn_id = f"conn-{n}"
+        async for frame in ws:
+            if frame.type is not aiohttp.WSMsgType.TEXT:
+                break
+            msg = json.loads(frame.data)
+            op, req_id = msg.get("op"), msg.get("req_id")
+            if op == "ping":
+                if mode == "ping":
+                    break
+                pong = {"req_id": req_id, "op": "pong", "args": [str(time.time_ns() // 10**6)]}
+                await ws.send_str(json.dumps({**pong, "conn_id": conn_id}))
+                continue
+            ack = {"req_id": req_id, "success": True, "ret_msg": "", "op": op, "conn_id": conn_id}
+            await ws.send_str(json.dumps(ack))
+            if op == "subscribe" and mode == "flap":
+                break
+        await ws.close()
+        return ws
+
+
+async def test_a_server_dropping_every_fresh_connection_meets_a_growing_backoff() -> None:
+    """A server that completes auth and subscribe, then drops the socket at once, was
+    reconnected every 50-100 ms for ever (§3 Connection limits: "Do not frequently connect
+    and disconnect"). Only a connection that stayed up a ping interval resets the backoff, and
+    the first reconnect after it is quick again."""
+    base = 0.004
+    rng = RecordingRandom(5)
+    failures: list[BybitError] = []
+    async with PrivateEndpoint(["flap"] * 5 + ["ping"]) as server:
+        stream = make_stream(
+            server.url, rng, backoff=(base, 1.0), ping_interval=0.2, on_failed=failures.append
+        )
+        await stream.open()
+        try:
+            # connections 0-4 flap, 5 lives one ping interval, 6 holds
+            await wait_until(lambda: stream.reconnects >= 6 or bool(failures), timeout=10)
+            assert failures == []
+            caps = [high for _, high in rng.bounds]
+            assert caps == pytest.approx([base, 2 * base, 4 * base, 8 * base, 16 * base, base])
+            assert all(low == high / 2 for low, high in rng.bounds)
+            assert server.connections == 7
+        finally:
+            await stream.close()
+    assert client_tasks() == []
+
+
+# ------------------------------------------------------------------------- clock resync fails
+
+
+@pytest.fixture
+async def fx_flaky_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[FakeExchange, list[int]]]:
+    """A FakeExchange whose /v5/market/time answers the HTTP statuses queued in the list, one
+    per request, before answering normally again."""
+    exchange = FakeExchange(api_key=KEY, api_secret=SECRET, seed=7)
+    real = exchange._h_market_time
+    queued: list[int] = []
+
+    async def market_time(request: web.Request) -> web.Response:
+        if queued:
+            return web.Response(status=queued.pop(0), text="bad gateway")
+        return await real(request)
+
+    monkeypatch.setattr(exchange, "_h_market_time", market_time)  # start() routes to it
+    async with exchange:
+        yield exchange, queued
+
+
+async def test_a_failed_clock_resync_on_reconnect_is_not_final(
+    fx_flaky_time: tuple[FakeExchange, list[int]],
+) -> None:
+    """Bybit's clock moves 30 s ahead (the next auth's `expires` is past: "Params Error", §3)
+    and /v5/market/time fails once just then: the stream used to retry the auth with the stale
+    clock and give up for good. It reconnects later instead, and the pending cancel resolves."""
+    fx, market_time = fx_flaky_time
+    o = fx.seed_order()
+    fx.add_fault(Fault.DROP_PUSH, order_id=o.order_id)  # its push is lost: the lookup must say
+    async with make_client(fx, push_grace=30.0, reconnect_backoff=(0.02, 0.2)) as client:
+        task = asyncio.create_task(
+            client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=10
+            )
+        )
+        await wait_until(lambda: fx.order(o.order_id).status == "Cancelled")
+        fx.clock_offset_ms = 30_000
+        market_time.append(502)
+        await fx.disconnect_all()
+        await wait_until(
+            lambda: client.reconnect_count >= 1 or client.connection_state is ConnectionState.FAILED
+        )
+        assert client.connection_state is ConnectionState.CONNECTED
+        assert market_time == []  # the 502 was served, then a resync succeeded
+        r = await asyncio.wait_for(task, 5)
+    assert r.status is OrderStatus.CANCELLED and r.source == "rest"
+    assert client_tasks() == []
+
+
+async def test_a_failed_clock_resync_on_open_is_a_transport_error(
+    fx_flaky_time: tuple[FakeExchange, list[int]],
+) -> None:
+    """The same on the first connect: open() raises TransportError (try again), not
+    AuthenticationError (the credentials are wrong); a second client then connects."""
+    fx, market_time = fx_flaky_time
+    fx.clock_offset_ms = 30_000
+    market_time.append(502)
+    client = make_client(fx)
+    with pytest.raises(TransportError, match="resync"):
+        async with asyncio.timeout(10):
+            await client.__aenter__()
+    assert client.connection_state is ConnectionState.CLOSED
+    assert client_tasks() == []
+    async with make_client(fx) as again:
+        assert again.connection_state is ConnectionState.CONNECTED
