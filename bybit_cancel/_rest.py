@@ -198,6 +198,9 @@ class RateLimiter:
         if headers.get("X-Bapi-Limit-Status") == "0":
             now = time.monotonic()
             sent = state.sent
+            horizon = now - self.WINDOW
+            while sent and sent[0] <= horizon:  # (dropped lazily by reserve: not in the window)
+                sent.popleft()
             until = (sent[0] if sent else now) + self.WINDOW
             state.blocked_until = max(state.blocked_until, until)
 

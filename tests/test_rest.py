@@ -372,3 +372,16 @@ async def test_no_signature_in_the_locals_of_a_failed_request(
             assert "X-BAPI-SIGN" not in repr(value)[:10_000], name
         tb = tb.tb_next
     assert seen
+
+
+def test_none_left_waits_for_a_send_inside_the_window() -> None:
+    """`X-Bapi-Limit-Status: 0` holds requests back until our oldest send still inside the
+    window leaves it; a send already outside the window (not yet dropped) used to make that
+    moment lie in the past, so nothing was held back."""
+    limiter = RateLimiter(Clock())
+    key = ("/v5/order/cancel", "linear")
+    limiter.feed(key, {"X-Bapi-Limit": "10", "X-Bapi-Limit-Status": "9"})
+    assert limiter.reserve(key) == 0.0
+    limiter._keys[key].sent[0] -= 5.0  # that send is long gone from Bybit's window
+    limiter.feed(key, {"X-Bapi-Limit": "10", "X-Bapi-Limit-Status": "0"})
+    assert limiter.reserve(key) > 0.9
