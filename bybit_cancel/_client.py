@@ -188,6 +188,10 @@ class BybitCancelClient:
         recent_age: float = 600.0,
         seed: int | None = None,
     ) -> None:
+        for name, cred in (("api_key", api_key), ("api_secret", api_secret)):
+            # (Never quote the value: the message would show the secret, or part of it.)
+            if not (isinstance(cred, str) and cred and cred.isascii() and cred.isprintable()):
+                raise ValueError(f"{name} must be a non-empty string of printable ASCII")
         self._creds = Credentials(api_key, api_secret)
         self._rest_url, self._ws_url = resolve_urls(
             testnet=testnet, demo=demo, rest_url=rest_url, ws_url=ws_url
@@ -533,7 +537,21 @@ class BybitCancelClient:
         # A failed send does not mean the cancel did not land (an attempt timed out, got a 5xx
         # or a server error, or its answer was unreadable): confirm before reporting anything.
         log.warning("cancel request failed (%s); the cancel may have landed, confirming", exc)
-        return await self._confirm(entry, order_filter)
+        if self._max_retries is None:
+            return await self._confirm(entry, order_filter)
+        # max_retries set: the caller asked to give up sooner. One look, after the push grace,
+        # tells a cancel that landed from one that did not; then the error is the answer.
+        outcome = await self._park(entry, self._push_grace)
+        if outcome is not None:
+            return outcome
+        try:
+            await self._lookup(entry, order_filter)
+        except BybitError:
+            pass  # no answer either: report the send's error
+        outcome = self._outcome(entry)
+        if outcome is not None:
+            return outcome
+        raise exc
 
     async def _confirm(self, entry: Call, order_filter: str | None) -> CancelResult:
         """Wait for the push, then ask REST until final or the deadline."""

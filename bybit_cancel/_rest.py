@@ -447,7 +447,8 @@ class RestClient:
                     # Describe, never repr: aiohttp's reprs carry the request headers (signature).
                     why = f"{method} {path} failed: {_describe(exc)}"
                     failures += 1
-                    landed = True
+                    # (A refused or failed connect sent nothing; anything later may have.)
+                    landed = landed or not isinstance(exc, aiohttp.ClientConnectorError)
                     if self._max_retries is not None and failures > self._max_retries:
                         raise TransportError(why) from None
                     await self._backoff(failures, why)

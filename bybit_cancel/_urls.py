@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from yarl import URL
+
 __all__ = ["resolve_urls"]
 
 _HOSTS: dict[tuple[bool, bool], tuple[str, str]] = {
@@ -29,4 +31,11 @@ def resolve_urls(
         raise ValueError(f"rest_url must start with http:// or https://, got {rest!r}")
     if not ws.startswith(("ws://", "wss://")):
         raise ValueError(f"ws_url must start with ws:// or wss://, got {ws!r}")
+    for name, url in (("rest_url", rest), ("ws_url", ws)):
+        try:
+            parsed = URL(url)
+        except ValueError as exc:  # e.g. a port out of range: caught here, before any I/O
+            raise ValueError(f"{name} is not a valid URL ({exc}): {url!r}") from None
+        if not parsed.host:
+            raise ValueError(f"{name} has no host: {url!r}")
     return rest.rstrip("/"), ws

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from collections import Counter
 from typing import Any
 
@@ -396,6 +397,45 @@ async def test_a_cancel_that_may_have_landed_is_confirmed_before_an_error(
     async with fast_client(fx) as client:
         r = await cancel(client, o.order_id)
     assert r.cancelled and cancel_requests(fx) == 2
+
+
+async def test_max_retries_gives_up_after_one_look(fx: FakeExchange) -> None:
+    """With max_retries set, a send that kept failing (5xx, not applied) is reported after the
+    push grace and one lookup, well before the deadline; the error says it may have landed.
+    (It used to wait for a confirmation until the deadline, so max_retries never gave up.)"""
+    o = fx.seed_order()
+    fx.add_fault(Fault.HTTP_502, times=None)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with fast_client(fx, max_retries=1) as client:
+        with pytest.raises(HTTPStatusError) as info:
+            await client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=10
+            )
+    assert info.value.status == 502 and info.value.may_have_landed
+    assert loop.time() - t0 < 3 and cancel_requests(fx) == 2
+    assert fx.order(o.order_id).status == "New"
+
+
+async def test_a_refused_connection_sent_nothing(fx: FakeExchange) -> None:
+    """A REST connection refused outright sent no cancel: with max_retries=0 the
+    TransportError comes at once, and it does not claim the cancel may have landed."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    o = fx.seed_order()
+    client = BybitCancelClient(
+        api_key=KEY,
+        api_secret=SECRET,
+        rest_url=f"http://127.0.0.1:{port}",
+        ws_url=fx.ws_url,
+        max_retries=0,
+    )
+    async with client:
+        with pytest.raises(TransportError) as info:
+            await cancel(client, o.order_id)
+    assert not info.value.may_have_landed and fx.order(o.order_id).status == "New"
 
 
 async def test_a_second_10002_is_raised_not_confirmed(fx: FakeExchange) -> None:

@@ -330,6 +330,27 @@ def test_longest_timeout_is_accepted() -> None:
     assert validate_cancel(**{**GOOD, "timeout": 1e9})  # type: ignore[arg-type]
 
 
+def test_credentials_and_urls_are_checked_at_construction() -> None:
+    """Bad credentials or URLs fail before any I/O, and the message never quotes a secret (a
+    non-ASCII secret used to fail deep in the signing, naming the offending character)."""
+    odd = (
+        ("k", "s\udcffSECRETXYZ"),
+        ("k", ""),
+        ("k\u00e9yXYZ", "SECRETXYZ"),
+        ("k", "SECRET\nXYZ"),
+    )
+    for key, secret in odd:
+        with pytest.raises(ValueError) as info:
+            BybitCancelClient(api_key=key, api_secret=secret)
+        assert "XYZ" not in str(info.value) and "SECRET" not in str(info.value)
+    with pytest.raises(ValueError, match="ws_url is not a valid URL"):
+        BybitCancelClient(
+            api_key="k", api_secret="s", rest_url="http://x", ws_url="ws://127.0.0.1:99999/v5"
+        )
+    with pytest.raises(ValueError, match="rest_url has no host"):
+        BybitCancelClient(api_key="k", api_secret="s", rest_url="http://", ws_url="ws://x/v5")
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [
