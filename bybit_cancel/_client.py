@@ -258,10 +258,15 @@ class BybitCancelClient:
         """Connect the private stream: auth and subscribe, each waiting for its reply.
 
         Raises:
-            AuthenticationError: the exchange refused the websocket auth.
-            TransportError: the stream could not be reached or did not answer in time.
+            AuthenticationError: the exchange refused the websocket auth (after one clock
+                resync).
+            BybitAPIError: the exchange refused the subscription to the ``order`` topic.
+            TransportError: the stream could not be reached or did not answer in time, or the
+                auth was refused and the clock could not be measured.
             ClientClosedError: :meth:`aclose` was called while connecting.
             RuntimeError: the client was opened before.
+
+        On any failure, and when cancelled, it closes the client first: nothing is left running.
         """
         if self._state is not _State.UNOPENED:
             raise RuntimeError("a BybitCancelClient cannot be opened twice; create a new one")
@@ -835,7 +840,8 @@ async def cancel_and_confirm(
     (``testnet``, ``demo``, ``rest_url``, ``ws_url``, ``session``...). Raises what they raise.
     ``timeout`` bounds connecting too: if the stream is not up in time, :class:`ConfirmationTimeout`
     (nothing was sent). Closing afterwards takes a moment more. For more than one cancel, keep a
-    :class:`BybitCancelClient` open instead.
+    :class:`BybitCancelClient` open instead. Cancelling it is safe: the client is closed and
+    nothing is left running (the cancel request may already have reached Bybit).
     """
     validate_cancel(
         category=category,

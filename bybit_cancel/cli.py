@@ -7,7 +7,12 @@ Exit codes of ``cancel`` (also in the README):
 * 2: bad input (arguments, missing BYBIT_API_KEY / BYBIT_API_SECRET);
 * 3: the order ended otherwise before the cancel landed (Filled, or Rejected);
 * 4: no such order;
-* 5: no final state within the timeout.
+* 5: no final state within the timeout (which covers connecting too);
+* 130: interrupted (Ctrl-C); 143: terminated (SIGTERM). The client is closed first.
+
+With ``--json`` every outcome once the arguments parse is one JSON object on stdout: the result,
+or ``{"error": ..., "message": ...}`` (with ``retCode``/``retMsg`` for an exchange error).
+Arguments argparse refuses (an unknown option, ``--timeout abc``) print its usage and exit 2.
 
 The secret is read from the environment only, never from the command line, and never printed.
 """
@@ -19,12 +24,13 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ._client import BybitCancelClient, validate_cancel
+from ._client import BybitCancelClient, cancel_and_confirm, validate_cancel
 from ._exceptions import BybitAPIError, BybitError, ConfirmationTimeout, OrderNotFound
 from ._models import CancelResult
 
@@ -36,6 +42,8 @@ EXIT_BAD_INPUT = 2
 EXIT_NOT_CANCELLED = 3
 EXIT_NOT_FOUND = 4
 EXIT_TIMEOUT = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         "cancel",
         help="cancel one order (key and secret from BYBIT_API_KEY and BYBIT_API_SECRET)",
         epilog="exit codes: 0 cancelled, 1 error, 2 bad input, 3 filled/rejected before the "
-        "cancel, 4 no such order, 5 timeout",
+        "cancel, 4 no such order, 5 timeout (connecting included), 130 interrupted, "
+        "143 terminated",
     )
     c.add_argument("--category", required=True, choices=["linear", "inverse", "spot", "option"])
     c.add_argument("--symbol", required=True)
@@ -80,18 +89,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    as_json = bool(args.json)
     key = os.environ.get("BYBIT_API_KEY", "")
     secret = os.environ.get("BYBIT_API_SECRET", "")
     if not key or not secret:
-        print("error: set BYBIT_API_KEY and BYBIT_API_SECRET in the environment", file=err)
-        return EXIT_BAD_INPUT
+        msg = "set BYBIT_API_KEY and BYBIT_API_SECRET in the environment"
+        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT)
     if (args.rest_url is None) != (args.ws_url is None):
-        print("error: --rest-url and --ws-url go together", file=err)
-        return EXIT_BAD_INPUT
+        msg = "--rest-url and --ws-url go together"
+        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT)
     if (args.testnet or args.demo) and args.rest_url:
-        print("error: --rest-url/--ws-url replace --testnet/--demo", file=err)
-        return EXIT_BAD_INPUT
-    call = {
+        msg = "--rest-url/--ws-url replace --testnet/--demo"
+        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT)
+    call: dict[str, Any] = {
         "category": args.category,
         "symbol": args.symbol,
         "order_id": args.order_id,
@@ -99,37 +109,60 @@ def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "order_filter": args.order_filter,
         "timeout": args.timeout,
     }
+    options: dict[str, Any] = {
+        "testnet": args.testnet,
+        "demo": args.demo,
+        "rest_url": args.rest_url,
+        "ws_url": args.ws_url,
+    }
     try:
         validate_cancel(**call)
-        client = BybitCancelClient(
-            api_key=key,
-            api_secret=secret,
-            testnet=args.testnet,
-            demo=args.demo,
-            rest_url=args.rest_url,
-            ws_url=args.ws_url,
-        )
+        BybitCancelClient(api_key=key, api_secret=secret, **options)  # checks them; no I/O
     except ValueError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_BAD_INPUT
-
-    async def run() -> CancelResult:
-        async with client:
-            return await client.cancel_order(**call)
+        return _report(out, err, as_json, "ValueError", str(exc), EXIT_BAD_INPUT)
 
     try:
-        result = asyncio.run(run())
+        result = asyncio.run(_run(key, secret, call, options))
+    except KeyboardInterrupt:
+        return _report(out, err, as_json, "Interrupted", "interrupted", EXIT_INTERRUPTED)
+    except asyncio.CancelledError:
+        return _report(out, err, as_json, "Terminated", "terminated", EXIT_TERMINATED)
     except OrderNotFound as exc:
-        return _fail(err, args.json, out, exc, EXIT_NOT_FOUND)
+        return _fail(err, as_json, out, exc, EXIT_NOT_FOUND)
     except ConfirmationTimeout as exc:
-        return _fail(err, args.json, out, exc, EXIT_TIMEOUT)
+        return _fail(err, as_json, out, exc, EXIT_TIMEOUT)
     except BybitError as exc:
-        return _fail(err, args.json, out, exc, EXIT_ERROR)
-    if args.json:
+        return _fail(err, as_json, out, exc, EXIT_ERROR)
+    except Exception as exc:  # not expected: one line (or JSON), no traceback
+        return _report(out, err, as_json, type(exc).__name__, str(exc), EXIT_ERROR)
+    if as_json:
         print(json.dumps(_as_dict(result)), file=out)
     else:
         print(_describe(result), file=out)
     return EXIT_CANCELLED if result.cancelled else EXIT_NOT_CANCELLED
+
+
+async def _run(
+    key: str, secret: str, call: dict[str, Any], options: dict[str, Any]
+) -> CancelResult:
+    """The one-shot helper (its timeout covers connecting), with SIGTERM cancelling it so that
+    the client closes before the process ends (asyncio.run does the same for Ctrl-C)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is not None:
+        try:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        except (NotImplementedError, RuntimeError):  # (no loop signal handlers, e.g. Windows)
+            pass
+    return await cancel_and_confirm(api_key=key, api_secret=secret, **call, **options)
+
+
+def _report(out: TextIO, err: TextIO, as_json: bool, name: str, message: str, code: int) -> int:
+    if as_json:
+        print(json.dumps({"error": name, "message": message}), file=out)
+    else:
+        print(f"error: {message}", file=err)
+    return code
 
 
 def _fail(err: TextIO, as_json: bool, out: TextIO, exc: BybitError, code: int) -> int:

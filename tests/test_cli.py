@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 
 import pytest
@@ -160,3 +161,113 @@ def test_missing_credentials_exit_2(
     monkeypatch.delenv("BYBIT_API_SECRET", raising=False)
     assert main(["cancel", "--category", "linear", "--symbol", "BTCUSDT", "--order-id", "x"]) == 2
     assert "BYBIT_API_KEY" in capsys.readouterr().err
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.accepted = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def __aenter__(self) -> Blackhole:
+        async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._writers.append(writer)
+            self.accepted.set()
+
+        self._server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for w in self._writers:
+            w.close()
+        assert self._server is not None
+        self._server.close()
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            "cancel",
+            "--category",
+            "linear",
+            "--symbol",
+            "BTCUSDT",
+            "--order-id",
+            "x",
+            "--rest-url",
+            f"http://127.0.0.1:{self.port}",
+            "--ws-url",
+            f"ws://127.0.0.1:{self.port}/v5/private",
+            *extra,
+        ]
+
+
+async def test_cancel_timeout_covers_connecting() -> None:
+    """Against a host that accepts and never answers, --timeout 1 ends in about a second with
+    exit 5 (it used to take the websocket handshake's own 10 s and exit 1)."""
+    async with Blackhole() as hole:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        code, out, _ = await run_cli(*hole.args("--timeout", "1", "--json"), env=CREDS)
+        assert code == 5 and loop.time() - t0 < 6
+        assert json.loads(out)["error"] == "ConfirmationTimeout"
+
+
+@pytest.mark.parametrize(
+    ("argv_extra", "env"),
+    [
+        (["--symbol", "btcusdt"], CREDS),  # refused by validate_cancel
+        ([], {"BYBIT_API_KEY": KEY}),  # no secret
+        (["--ws-url", "ws://127.0.0.1:99999/v5/private"], CREDS),  # a port out of range
+    ],
+)
+async def test_json_bad_input_is_json(argv_extra: list[str], env: dict[str, str]) -> None:
+    """With --json, bad input is a JSON error on stdout too (exit 2), never a traceback."""
+    args = [
+        "cancel",
+        "--category",
+        "linear",
+        "--symbol",
+        "BTCUSDT",
+        "--order-id",
+        "x",
+        "--rest-url",
+        "http://127.0.0.1:9",
+        "--ws-url",
+        "ws://127.0.0.1:9/v5/private",
+        "--json",
+    ]
+    for i in range(0, len(argv_extra), 2):
+        args[args.index(argv_extra[i]) + 1] = argv_extra[i + 1]
+    code, out, err = await run_cli(*args, env=env)
+    assert code == 2 and "Traceback" not in err
+    assert json.loads(out)["error"] == "ValueError"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    ("sig", "code", "name"), [("SIGINT", 130, "Interrupted"), ("SIGTERM", 143, "Terminated")]
+)
+async def test_a_signal_closes_the_client_and_exits_cleanly(sig: str, code: int, name: str) -> None:
+    """Ctrl-C or SIGTERM while connecting: the client is closed, one JSON line, no traceback,
+    exit 130 or 143 (SIGTERM used to kill it without closing anything)."""
+    async with Blackhole() as hole:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("BYBIT_")}
+        full_env.update(CREDS)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bybit_cancel",
+            *hole.args("--timeout", "20", "--json"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=full_env,
+        )
+        await asyncio.wait_for(hole.accepted.wait(), 15)  # it is connecting now
+        proc.send_signal(getattr(signal, sig))
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == code, err
+    assert json.loads(out.decode()) == {"error": name, "message": name.lower()}
+    assert b"Traceback" not in err
