@@ -388,7 +388,7 @@ class FakeExchange:
 
     @property
     def port(self) -> int:
-        """The bound TCP port (after ``start()``)."""
+        """The bound TCP port (after ``start()``; ``RuntimeError`` before)."""
         if self._bound_port is None:
             raise RuntimeError("FakeExchange is not started")
         return self._bound_port
@@ -433,7 +433,8 @@ class FakeExchange:
         """Place a resting order directly in the book (New, or Untriggered with a trigger price).
 
         Pushes nothing. For spot, ``order_filter`` "StopOrder"/"tpslOrder" puts the order in
-        that book, and a cancel must name the same ``orderFilter`` (protocol §6).
+        that book, and a cancel must name the same ``orderFilter`` (protocol §6). Raises
+        ``ValueError`` for an unknown category, a link id already used or a bad spot filter.
         """
         if category not in CATEGORIES:
             raise ValueError(f"unknown category {category!r}")
@@ -468,7 +469,9 @@ class FakeExchange:
     def fill(
         self, order_id: str, qty: str | Decimal | None = None, *, push: bool = True
     ) -> FakeOrder:
-        """Fill the order fully (``qty=None``) or by ``qty``; push PartiallyFilled/Filled."""
+        """Fill the order fully (``qty=None``) or by ``qty``; push PartiallyFilled/Filled (unless
+        ``push=False``). Raises ``KeyError`` for an unknown order, ``ValueError`` for one that
+        has already ended."""
         order = self._orders[order_id]
         if order.is_final:
             raise ValueError(f"order {order_id} is already {order.status}")
@@ -478,7 +481,8 @@ class FakeExchange:
         return order
 
     def trigger(self, order_id: str) -> FakeOrder:
-        """Trigger a conditional order: push Triggered, then New (protocol §5)."""
+        """Trigger a conditional order: push Triggered, then New (protocol §5). Raises
+        ``KeyError`` for an unknown order, ``ValueError`` unless it is Untriggered."""
         order = self._orders[order_id]
         if order.status != "Untriggered":
             raise ValueError(f"order {order_id} is {order.status}, not Untriggered")
