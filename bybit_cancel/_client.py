@@ -23,7 +23,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -530,7 +530,7 @@ class BybitCancelClient:
         if isinstance(exc, BybitAPIError):
             code = exc.ret_code
             if code in NOT_FOUND_RET_CODES or code in FINISHED_RET_CODES:
-                return await self._resolve_not_found(entry, exc, order_filter)
+                return await _keeping_mark(exc, self._resolve_not_found(entry, exc, order_filter))
             if code == PROCESSING_RET_CODE:
                 # "Cancel order request processing" (§6: wait for WS): an ack in all but name.
                 return self._outcome(entry) or await self._confirm(entry, order_filter)
@@ -543,7 +543,7 @@ class BybitCancelClient:
         # or a server error, or its answer was unreadable): confirm before reporting anything.
         log.warning("cancel request failed (%s); the cancel may have landed, confirming", exc)
         if self._max_retries is None:
-            return await self._confirm(entry, order_filter)
+            return await _keeping_mark(exc, self._confirm(entry, order_filter))
         # max_retries set: the caller asked to give up sooner. One look, after the push grace,
         # tells a cancel that landed from one that did not; then the error is the answer.
         outcome = await self._park(entry, self._push_grace)
@@ -793,6 +793,18 @@ class BybitCancelClient:
         async with asyncio.TaskGroup() as group:
             for i in range(min(8, len(entries))):
                 group.create_task(worker(), name=f"bybit_cancel.reconcile-{i}")
+
+
+async def _keeping_mark(sent: BaseException, confirming: Awaitable[CancelResult]) -> CancelResult:
+    """Await a confirmation of a send that failed with ``sent``. If the send may have landed, so
+    may the cancel behind whatever error the confirmation raises instead (a lookup's own error
+    never landed anything): the mark goes on it."""
+    try:
+        return await confirming
+    except BybitError as err:
+        if isinstance(sent, BybitError) and sent.may_have_landed:
+            err.may_have_landed = True
+        raise
 
 
 def _transient(exc: BybitError) -> bool:

@@ -503,7 +503,16 @@ class RestClient:
                 if code == _TIMESTAMP_ERROR and not resynced:
                     resynced = True
                     log.warning("%s %s: %s; resyncing the clock", method, path, env.ret_msg)
-                    await self.resync_clock()
+                    try:
+                        await self.resync_clock()
+                    except BybitError as exc:
+                        # The clock could not be measured: transient, like a failed send (the
+                        # refused request did not land). Measure again on the next 10002.
+                        resynced = False
+                        failures += 1
+                        if self._max_retries is not None and failures > self._max_retries:
+                            raise
+                        await self._backoff(failures, f"clock resync failed: {exc}")
                     continue
                 raise error_from_ret_code(code, env.ret_msg)
         except BybitError as err:

@@ -399,6 +399,48 @@ async def test_a_cancel_that_may_have_landed_is_confirmed_before_an_error(
     assert r.cancelled and cancel_requests(fx) == 2
 
 
+async def test_an_error_met_while_confirming_keeps_the_mark(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 502 (which may have been applied), then a 403 on the re-send, and the confirming
+    lookups get 403 too (an IP ban): the error raised says the cancel may have landed, though
+    the lookup's own error could not have (it used to say False)."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.HTTP_502)
+    fx.add_fault(Fault.HTTP_403)
+
+    async def banned(self: RestClient, **_: object) -> None:
+        raise HTTPStatusError(403, "access too frequent")
+
+    monkeypatch.setattr(RestClient, "find_order", banned)
+    async with fast_client(fx) as client:
+        with pytest.raises(HTTPStatusError) as info:
+            await cancel(client, o.order_id)
+    assert info.value.status == 403 and info.value.may_have_landed
+
+
+async def test_a_failed_clock_resync_is_transient(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 10002 whose clock resync fails (/v5/market/time down): the refused cancel is sent
+    again after a backoff, not reported as a TransportError (it used to be, with
+    max_retries unset, where the README promises none)."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.TIMESTAMP_10002)
+    measure = RestClient._measure_clock
+    failures = [TransportError("GET /v5/market/time failed: TimeoutError")]
+
+    async def flaky(self: RestClient) -> None:
+        if failures:
+            raise failures.pop()
+        await measure(self)
+
+    monkeypatch.setattr(RestClient, "_measure_clock", flaky)
+    async with fast_client(fx) as client:
+        r = await cancel(client, o.order_id)
+    assert r.cancelled and not failures and cancel_requests(fx) == 2
+
+
 async def test_max_retries_gives_up_after_one_look(fx: FakeExchange) -> None:
     """With max_retries set, a send that kept failing (5xx, not applied) is reported after the
     push grace and one lookup, well before the deadline; the error says it may have landed.
