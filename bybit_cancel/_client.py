@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
 
@@ -68,6 +68,7 @@ _NUMBER = (int, float)  # (built once: `int | float` would build a union on ever
 MAX_SECONDS = 1e9
 
 _NO_ACK = CancelAck()
+R = TypeVar("R")
 
 
 class _State(enum.Enum):
@@ -546,7 +547,7 @@ class BybitCancelClient:
             return await _keeping_mark(exc, self._confirm(entry, order_filter))
         # max_retries set: the caller asked to give up sooner. One look, after the push grace,
         # tells a cancel that landed from one that did not; then the error is the answer.
-        outcome = await self._park(entry, self._push_grace)
+        outcome = await _keeping_mark(exc, self._park(entry, self._push_grace))
         if outcome is not None:
             return outcome
         try:
@@ -795,7 +796,7 @@ class BybitCancelClient:
                 group.create_task(worker(), name=f"bybit_cancel.reconcile-{i}")
 
 
-async def _keeping_mark(sent: BaseException, confirming: Awaitable[CancelResult]) -> CancelResult:
+async def _keeping_mark(sent: BaseException, confirming: Awaitable[R]) -> R:
     """Await a confirmation of a send that failed with ``sent``. If the send may have landed, so
     may the cancel behind whatever error the confirmation raises instead (a lookup's own error
     never landed anything): the mark goes on it."""
