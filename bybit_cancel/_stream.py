@@ -375,14 +375,30 @@ class PrivateStream:
         return None
 
 
+# The wire names of the fields the client reads (WireOrder's, camelCase).
+_WIRE_NAMES = tuple(f.encode_name for f in msgspec.structs.fields(WireOrder))
+
+
 def _decode_orders(items: list[object]) -> list[WireOrder]:
-    """Decode a push's orders one by one, skipping (and logging) the ones that do not fit."""
+    """Decode a push's orders one by one. Bybit sends every field we read as a string (§4); an
+    order with a number there instead (an id or a time, say) is read with the number's decimal
+    text, and a null as "", so that its final state is not lost to the schema; one that still
+    does not fit (not an object, a field that is a list or an object) is skipped and logged."""
     out = []
     for item in items:
         try:
             out.append(msgspec.convert(item, WireOrder))
-        except msgspec.ValidationError as exc:
-            log.warning("skipping an order update that does not fit the schema: %s", exc)
+            continue
+        except msgspec.ValidationError:
+            pass
+        if isinstance(item, dict) and all(
+            v is None or (isinstance(v, str | int | float) and not isinstance(v, bool))
+            for v in (item.get(name) for name in _WIRE_NAMES)
+        ):
+            fixed = {n: "" if item.get(n) is None else str(item[n]) for n in _WIRE_NAMES}
+            out.append(msgspec.convert(fixed, WireOrder))
+        else:
+            log.warning("skipping an order update that does not fit the schema")
     return out
 
 

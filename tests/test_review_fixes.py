@@ -205,16 +205,23 @@ async def test_outside_cancellation_is_not_swallowed(fx: FakeExchange) -> None:
 
 
 def test_odd_frame_keeps_the_good_orders() -> None:
-    """One order of a push with a wrong type is skipped; the others are still routed."""
+    """A push with odd orders: one with a number where Bybit sends a string is read with the
+    number's text (its final state is not lost); one that fits nothing is skipped; the others
+    are still routed."""
     got: list[list[WireOrder]] = []
     stream = make_stream(got.append)
     frame = (
         b'{"topic":"order","id":"x","creationTime":1,"data":['
         b'{"orderId":"good","orderStatus":"Cancelled","category":"linear"},'
-        b'{"orderId":12345,"orderStatus":"Cancelled"}]}'
+        b'{"orderId":1584349189335418625,"orderStatus":"Filled","updatedTime":1727433749095},'
+        b'{"orderId":"bad","orderStatus":{"not":"a status"}},'
+        b'{"orderId":"nulls","orderStatus":"Cancelled","rejectReason":null},'
+        b'["not an order"]]}'
     )
     stream._route(frame)
-    assert [[o.order_id for o in batch] for batch in got] == [["good"]]
+    [batch] = got
+    assert [o.order_id for o in batch] == ["good", "1584349189335418625", "nulls"]
+    assert batch[1].order_status == "Filled" and batch[1].updated_time == "1727433749095"
     stream._route(b"not json")  # ignored, no exception
     stream._route(b'{"op":"weird"}')
 
