@@ -165,8 +165,7 @@ class PrivateStream:
                 except asyncio.CancelledError:
                     # The stream task's own cancellation ends here; one of the task closing us
                     # goes on (after the socket is closed below).
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
+                    if _cancelling():
                         raise
         finally:
             ws, self._ws = self._ws, None
@@ -311,8 +310,7 @@ class PrivateStream:
                 # The heartbeat's own cancellation ends here; a close() cancelling this task
                 # while it waits goes on (swallowed, the supervisor would reconnect and close()
                 # would wait for it forever).
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
+                if _cancelling():
                     raise
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
@@ -373,6 +371,13 @@ class PrivateStream:
         else:
             log.warning("ignoring a frame of unexpected shape (op=%r)", obj.get("op"))
         return None
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself is being cancelled: awaiting a child task that was
+    cancelled raises CancelledError too, and only the task's own cancellation must go on."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 # The wire names of the fields the client reads (WireOrder's, camelCase).
