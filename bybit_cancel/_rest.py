@@ -434,7 +434,7 @@ class RestClient:
                             ctx = self._session.post(
                                 self._base + path,
                                 data=payload,
-                                headers=self._signer.post_headers(now_ms, payload),
+                                headers=self._signer.headers(now_ms, payload, True),
                                 timeout=self._timeout,
                                 allow_redirects=False,
                             )

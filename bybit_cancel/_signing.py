@@ -107,22 +107,15 @@ class RestSigner:
         }
         self._post_template = {**self._template, "Content-Type": "application/json"}
 
-    def headers(self, timestamp_ms: int, payload: bytes) -> dict[str, str]:
-        """The X-BAPI-* headers for one signed REST request (a new dict, the caller's to extend).
+    def headers(self, timestamp_ms: int, payload: bytes, json_body: bool = False) -> dict[str, str]:
+        """The X-BAPI-* headers for one signed REST request (a new dict, the caller's to extend),
+        with ``Content-Type: application/json`` when ``json_body``.
 
         ``payload`` must be exactly the bytes sent: the JSON body of a POST or the query string of
         a GET. Bybit signs ``timestamp + api_key + recv_window + payload`` (§1 "String to sign").
         """
         ts = str(timestamp_ms)
-        headers = self._template.copy()
-        headers["X-BAPI-SIGN"] = self._creds.sign(ts.encode() + self._key_window + payload)
-        headers["X-BAPI-TIMESTAMP"] = ts
-        return headers
-
-    def post_headers(self, timestamp_ms: int, payload: bytes) -> dict[str, str]:
-        """:meth:`headers` for a JSON POST body, with its ``Content-Type``."""
-        ts = str(timestamp_ms)
-        headers = self._post_template.copy()
+        headers = (self._post_template if json_body else self._template).copy()
         headers["X-BAPI-SIGN"] = self._creds.sign(ts.encode() + self._key_window + payload)
         headers["X-BAPI-TIMESTAMP"] = ts
         return headers
