@@ -51,6 +51,8 @@ def cancel_args(fx: FakeExchange, *extra: str) -> list[str]:
 
 
 CREDS = {"BYBIT_API_KEY": KEY, "BYBIT_API_SECRET": SECRET}
+# A well-formed cancel, to which a test adds its hosts and options.
+CANCEL_X = ["cancel", "--category", "linear", "--symbol", "BTCUSDT", "--order-id", "x"]
 
 
 async def test_demo_prints_cancelled_and_filled() -> None:
@@ -188,20 +190,9 @@ class Blackhole:
         self._server.close()
 
     def args(self, *extra: str) -> list[str]:
-        return [
-            "cancel",
-            "--category",
-            "linear",
-            "--symbol",
-            "BTCUSDT",
-            "--order-id",
-            "x",
-            "--rest-url",
-            f"http://127.0.0.1:{self.port}",
-            "--ws-url",
-            f"ws://127.0.0.1:{self.port}/v5/private",
-            *extra,
-        ]
+        base = f"127.0.0.1:{self.port}"
+        hosts = ["--rest-url", f"http://{base}", "--ws-url", f"ws://{base}/v5/private"]
+        return [*CANCEL_X, *hosts, *extra]
 
 
 async def test_cancel_timeout_covers_connecting() -> None:
@@ -226,18 +217,8 @@ async def test_cancel_timeout_covers_connecting() -> None:
 async def test_json_bad_input_is_json(argv_extra: list[str], env: dict[str, str]) -> None:
     """With --json, bad input is a JSON error on stdout too (exit 2), never a traceback."""
     args = [
-        "cancel",
-        "--category",
-        "linear",
-        "--symbol",
-        "BTCUSDT",
-        "--order-id",
-        "x",
-        "--rest-url",
-        "http://127.0.0.1:9",
-        "--ws-url",
-        "ws://127.0.0.1:9/v5/private",
-        "--json",
+        *CANCEL_X,
+        *("--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9/v5/private", "--json"),
     ]
     for i in range(0, len(argv_extra), 2):
         args[args.index(argv_extra[i]) + 1] = argv_extra[i + 1]
