@@ -16,10 +16,11 @@ from bybit_cancel.testing import FakeExchange, Fault
 from .conftest import KEY, SECRET
 
 
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+async def spawn_cli(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """`python -m bybit_cancel ARGS` with only the given BYBIT_* variables, its output piped."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BYBIT_")}
     full_env.update(env or {})
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bybit_cancel",
@@ -28,6 +29,10 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
     )
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await spawn_cli(*args, env=env)
     out, err = await asyncio.wait_for(proc.communicate(), 25)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -235,17 +240,7 @@ async def test_a_signal_closes_the_client_and_exits_cleanly(sig: str, code: int,
     """Ctrl-C or SIGTERM while connecting: the client is closed, one JSON line, no traceback,
     exit 130 or 143 (SIGTERM used to kill it without closing anything)."""
     async with Blackhole() as hole:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("BYBIT_")}
-        full_env.update(CREDS)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bybit_cancel",
-            *hole.args("--timeout", "20", "--json"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=full_env,
-        )
+        proc = await spawn_cli(*hole.args("--timeout", "20", "--json"), env=CREDS)
         await asyncio.wait_for(hole.accepted.wait(), 15)  # it is connecting now
         proc.send_signal(getattr(signal, sig))
         out, err = await asyncio.wait_for(proc.communicate(), 15)
