@@ -36,7 +36,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -313,6 +313,28 @@ async def loopback(
     return out, fake.placement
 
 
+async def _best_of(
+    rounds: int, measure: Callable[[int], Awaitable[dict[str, float]]]
+) -> dict[int, dict[str, float]]:
+    """Each path's best rate at 1 and 10 orders per frame over `rounds` interleaved rounds (as
+    timeit reports: a round that a neighbour on this shared VM slowed down says nothing about
+    the code)."""
+    best: dict[int, dict[str, float]] = {1: {}, 10: {}}
+    for _ in range(rounds):
+        for pf in (1, 10):
+            for name, rate in (await measure(pf)).items():
+                best[pf][name] = max(rate, best[pf].get(name, 0.0))
+    return best
+
+
+def _print_best(
+    best: dict[int, dict[str, float]], names: tuple[str, ...], column: str, unit: str
+) -> None:
+    print(f"{column:<16}{'1/frame':>14}{'10/frame':>14}   ({unit})")
+    for name in names:
+        print(f"{name:<16}{best[1][name]:>14,.0f}{best[10][name]:>14,.0f}")
+
+
 async def throughput(
     n: int, ws_n: int, rounds: int, ws_rounds: int, inproc: bool, uvloop: bool, pin: bool
 ) -> bool:
@@ -323,16 +345,13 @@ async def throughput(
         f"(a) in process, one core, {n} order updates, recorded Bybit frames, "
         f"best of {rounds} rounds"
     )
-    print(f"{'path':<16}{'1/frame':>14}{'10/frame':>14}   (order updates/s)")
-    # The best of `rounds` interleaved rounds per path (as timeit reports): a round that a
-    # neighbour on this shared VM slowed down says nothing about the code.
-    results: dict[int, dict[str, float]] = {1: {}, 10: {}}
-    for _ in range(rounds):
-        for pf in (1, 10):
-            for name, rate in (await in_process(n, pf)).items():
-                results[pf][name] = max(rate, results[pf].get(name, 0.0))
-    for name in ("bybit_cancel", "json+dict", "msgspec+dict", "typed+dict", "typed+memory"):
-        print(f"{name:<16}{results[1][name]:>14,.0f}{results[10][name]:>14,.0f}")
+    results = await _best_of(rounds, lambda pf: in_process(n, pf))
+    _print_best(
+        results,
+        ("bybit_cancel", "json+dict", "msgspec+dict", "typed+dict", "typed+memory"),
+        "path",
+        "order updates/s",
+    )
     for pf in (1, 10):
         ours, base = results[pf]["bybit_cancel"], results[pf]["json+dict"]
         ok_abs, ok_rel = ours >= 150_000, ours >= 4 * base
@@ -376,14 +395,8 @@ async def throughput(
         f"(c) in process, one core: {ws_n} parked cancel_order calls resumed by routed pushes, "
         f"best of {rounds} rounds"
     )
-    print(f"{'client':<16}{'1/frame':>14}{'10/frame':>14}   (calls resumed/s)")
-    parked: dict[int, dict[str, float]] = {1: {}, 10: {}}
-    for _ in range(rounds):
-        for pf in (1, 10):
-            for name, rate in (await parked_in_process(ws_n, pf)).items():
-                parked[pf][name] = max(rate, parked[pf].get(name, 0.0))
-    for name in ("bybit_cancel", "floor"):
-        print(f"{name:<16}{parked[1][name]:>14,.0f}{parked[10][name]:>14,.0f}")
+    parked = await _best_of(rounds, lambda pf: parked_in_process(ws_n, pf))
+    _print_best(parked, ("bybit_cancel", "floor"), "client", "calls resumed/s")
     for pf in (1, 10):
         ours, base = parked[pf]["bybit_cancel"], parked[pf]["floor"]
         print(
