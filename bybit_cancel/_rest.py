@@ -322,6 +322,10 @@ class RestClient:
 
     async def server_time_ms(self) -> int:
         """Bybit's clock, from the public ``/v5/market/time`` (no signature)."""
+        return (await self._server_time())[0]
+
+    async def _server_time(self) -> tuple[int, float]:
+        """Bybit's clock in ms, and the local ``time.time()`` at which its answer arrived."""
         # Through the connection gate like every request (the timeout counts pool waits).
         if self._slots:
             if self._inflight < self._slots and not self._slot_waiters:
@@ -333,6 +337,7 @@ class RestClient:
                 self._base + "/v5/market/time", timeout=self._timeout, allow_redirects=False
             ) as resp:
                 body = await resp.read()
+                arrived = time.time()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"GET /v5/market/time failed: {_describe(exc)}") from None
@@ -352,7 +357,7 @@ class RestClient:
             raise HTTPStatusError(status, "undecodable server time: " + _snippet(body)) from None
         if server_ms <= 0:
             raise HTTPStatusError(status, "no server time in: " + _snippet(body))
-        return server_ms
+        return server_ms, arrived
 
     async def resync_clock(self) -> None:
         """Measure the offset between the local clock and Bybit's, and apply it from now on.
@@ -366,11 +371,13 @@ class RestClient:
             self._last_resync = time.monotonic()
 
     async def _measure_clock(self) -> None:
-        t0 = time.time()
-        server_ms = await self.server_time_ms()
-        t1 = time.time()
-        local_mid_ms = int((t0 + t1) * 500)
-        self.clock.offset_ms = server_ms - local_mid_ms
+        # Bybit takes a timestamp up to recv_window behind its clock but only 1 s ahead (§1), so
+        # the estimate errs behind: Bybit's time is mapped to when its answer arrived, not to the
+        # middle of the round trip. A midpoint would put every timestamp ahead by half of any
+        # wait before the request left (for a connection slot behind a burst, or a busy loop): a
+        # wait over 2 s, and every signed request is refused with 10002 until the next resync.
+        server_ms, arrived = await self._server_time()
+        self.clock.offset_ms = server_ms - int(arrived * 1000)
         self.stats.clock_resyncs += 1
         log.info("clock offset to Bybit measured: %d ms", self.clock.offset_ms)
 

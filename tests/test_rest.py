@@ -12,7 +12,7 @@ import aiohttp
 import aioresponses.core as aioresponses_core
 import pytest
 from aiohttp.client_reqrep import ClientResponse
-from aioresponses import aioresponses
+from aioresponses import CallbackResult, aioresponses
 
 from bybit_cancel import (
     AuthenticationError,
@@ -353,6 +353,30 @@ async def test_an_odd_server_time_is_an_http_status_error(
     mock.get(f"{BASE}/v5/market/time", status=200, body=body)
     with pytest.raises(HTTPStatusError):
         await rest.server_time_ms()
+
+
+async def test_a_clock_resync_never_puts_timestamps_ahead(mock: aioresponses) -> None:
+    """Bybit refuses a timestamp 1 s ahead of its clock but takes one up to recv_window behind
+    (§1). A resync that waited for a connection slot (behind a burst) used to take the middle of
+    the whole wait as the moment Bybit answered: here 0.6 s in the queue put every later
+    timestamp about 0.3 s ahead. The estimate now maps Bybit's time to when its answer came."""
+
+    def server_time(*_a: object, **_kw: object) -> CallbackResult:
+        now = time.time()  # this "server" shares our clock: the true offset is 0
+        result = {"timeSecond": str(int(now)), "timeNano": str(int(now * 1e9))}
+        return CallbackResult(payload={"retCode": 0, "retMsg": "OK", "result": result})
+
+    mock.get(f"{BASE}/v5/market/time", callback=server_time)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        rest = make_rest(session, BASE)
+        rest._inflight = 1  # the one connection is busy (a cancel of the burst)
+        resync = asyncio.create_task(rest.resync_clock())
+        await asyncio.sleep(0.6)
+        assert not resync.done()  # queued for the slot
+        rest._release_slot()
+        await asyncio.wait_for(resync, 5)
+    assert rest.stats.clock_resyncs == 1
+    assert -250 <= rest.clock.offset_ms <= 0
 
 
 async def test_no_signature_in_the_locals_of_a_failed_request(
