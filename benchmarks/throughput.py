@@ -247,9 +247,15 @@ async def parked_in_process(n: int, per_frame: int) -> dict[str, float]:
 
 
 async def park_and_release(
-    fake: FakeHandle, book: int, client: Any, n: int, per_frame: int
+    fake: FakeHandle,
+    book: int,
+    client: Any,
+    n: int,
+    per_frame: int,
+    mark: Callable[[str], object] = lambda _when: None,
 ) -> tuple[float, float]:
-    """Park n cancels, release their pushes at once; returns (frames/s, client CPU us/frame)."""
+    """Park n cancels, release their pushes at once; returns (frames/s, client CPU us/frame).
+    ``mark("start")`` and ``mark("stop")`` bracket the measured release (benchmarks/icache.py)."""
     ids = (await fake.call("seed", book=book, n=n))["ids"]
     await fake.call("park", book=book, on=True)
     client.acked = 0
@@ -261,6 +267,7 @@ async def park_and_release(
     await fake.call("park", book=book, on=False)
     frames = (await fake.call("prepare", book=book, ids=ids, per_frame=per_frame))["frames"]
     gc.collect()
+    mark("start")
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     await fake.call("release", book=book)
@@ -268,6 +275,7 @@ async def park_and_release(
         await asyncio.gather(*tasks)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
+    mark("stop")
     return frames / wall, cpu / frames * 1e6
 
 

@@ -85,3 +85,9 @@ def test_bytecodes() -> None:
 def test_cold() -> None:
     out = run_script("benchmarks/cold.py", "-n", "3", "--evict-mb", "1")
     assert "RestSigner" in out and "hmac.new" in out and "input checks" in out, out
+
+
+def test_icache_dry() -> None:
+    """The callgrind wrapper's work, without valgrind (counting takes minutes)."""
+    out = run_script("benchmarks/icache.py", "--dry", "-n", "20")
+    assert "bybit_cancel:" in out and "floor:" in out and "dry run" in out, out
