@@ -209,8 +209,8 @@ class _Final(msgspec.Struct, gc=False):
     at: float
 
     def result(self) -> CancelResult:
-        """The public result. Raises ``ValueError``/``ArithmeticError`` for a quantity or a time
-        that is not a number."""
+        """The public result. Raises ``ValueError``/``ArithmeticError`` for a quantity that is not
+        a number (an ``updatedTime`` that is not one reads as 0: it is informational)."""
         # Once per confirmed cancel, after the push: on the latency path, so in one frame, with
         # positional arguments and to_decimal's cache lookup inlined for the common case.
         order = self.order
@@ -220,7 +220,10 @@ class _Final(msgspec.Struct, gc=False):
         leaves = DECIMALS.get(order.leaves_qty)
         if leaves is None:
             leaves = to_decimal(order.leaves_qty)
-        updated = order.updated_time
+        try:
+            updated = int(order.updated_time) if order.updated_time else 0
+        except ValueError:
+            updated = 0
         return CancelResult(
             order.order_id,
             order.order_link_id,
@@ -231,7 +234,7 @@ class _Final(msgspec.Struct, gc=False):
             order.reject_reason,
             ZERO if cum is None else cum,
             leaves,
-            int(updated) if updated else 0,
+            updated,
             self.source,
         )
 
@@ -425,7 +428,7 @@ class CancelTracker(Generic[E]):
     def _result(self, final: _Final) -> CancelResult | None:
         try:
             return final.result()
-        except (ArithmeticError, ValueError):  # a quantity or time that is not a number
+        except (ArithmeticError, ValueError):  # a quantity that is not a number
             return None  # not answered from memory: the call goes to Bybit instead
 
     # -- bulk ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from bybit_cancel import (
     BybitCancelClient,
+    CancelResult,
     ClientClosedError,
     ConfirmationTimeout,
     HTTPStatusError,
@@ -20,6 +21,7 @@ from bybit_cancel import (
     TransportError,
     cancel_and_confirm,
 )
+from bybit_cancel._core import CancelTracker, Pending
 from bybit_cancel._models import WireOrder
 from bybit_cancel.testing import FakeExchange, Fault
 
@@ -224,6 +226,45 @@ def test_odd_frame_keeps_the_good_orders() -> None:
     assert batch[1].order_status == "Filled" and batch[1].updated_time == "1727433749095"
     stream._route(b"not json")  # ignored, no exception
     stream._route(b'{"op":"weird"}')
+
+
+def test_an_unreadable_update_time_does_not_lose_the_final_state() -> None:
+    """updatedTime is informational: one that int() cannot read is unknown (0 in the result), and
+    the final state it came with still answers the cancel. (The call used to fail with "a final
+    state with a malformed field", and the memory of final states could not answer from it.)"""
+    tracker: CancelTracker[Pending] = CancelTracker()
+    entries = {
+        oid: tracker.start(Pending("linear", "BTCUSDT", oid, ""), now=0.0)
+        for oid in ("a", "b", "c", "d", "e", "f")
+    }
+    resolved: list[Pending] = []
+    stream = make_stream(
+        lambda orders: resolved.extend(tracker.on_orders(orders, "websocket", 1.0))
+    )
+    stream._route(
+        b'{"topic":"order","data":['
+        b'{"orderId":"a","category":"linear","orderStatus":"Cancelled","updatedTime":"soon"},'
+        b'{"orderId":"b","category":"linear","orderStatus":"Filled","updatedTime":"\\u00b2"},'
+        b'{"orderId":"c","category":"linear","orderStatus":"Cancelled","updatedTime":1.5},'
+        b'{"orderId":"d","category":"linear","orderStatus":"Cancelled","updatedTime":"17"},'
+        b'{"orderId":"e","category":"linear","orderStatus":"Cancelled","updatedTime":"017"},'
+        b'{"orderId":"f","category":"linear","orderStatus":"Cancelled","updatedTime":"'
+        + b"9" * 5000  # more digits than int() reads
+        + b'"}]}'
+    )
+    assert resolved == list(entries.values())
+    outcomes = [e.outcome for e in resolved]
+    assert [(o.status, o.updated_time) for o in outcomes if o is not None] == [
+        (OrderStatus.CANCELLED, 0),
+        (OrderStatus.FILLED, 0),
+        (OrderStatus.CANCELLED, 0),
+        (OrderStatus.CANCELLED, 17),
+        (OrderStatus.CANCELLED, 17),
+        (OrderStatus.CANCELLED, 0),
+    ]
+    # The memory answers a later cancel of the same order from that state too.
+    again = tracker.start(Pending("linear", "BTCUSDT", "a", ""), now=2.0)
+    assert isinstance(again, CancelResult) and again.status is OrderStatus.CANCELLED
 
 
 def test_bad_order_ids_rejected_before_io() -> None:
