@@ -345,7 +345,10 @@ class PrivateStream:
             return self._route_odd(raw)
         data = msg.data
         if data is not None:
-            if msg.topic.startswith("order"):
+            # We subscribe to "order" alone, so that is the topic of every push; the prefix test
+            # (category topics, "order.spot", §4) runs only for any other.
+            topic = msg.topic
+            if topic == "order" or topic.startswith("order"):
                 self._on_orders(data)
             return msg
         # Pong detection as both official SDKs do it: op "pong" or ret_msg "pong" (§3 Heartbeat).
