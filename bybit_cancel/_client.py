@@ -748,6 +748,10 @@ class BybitCancelClient:
             last_status=self._tracker.last_status(entry),
             acknowledged=entry.acknowledged,
             timeout=payload,
+            # Conservative: the request was handed to the network when the call began, and a
+            # timeout cannot tell an attempt that was never applied from one whose answer never
+            # came (or an answer that came before a lookup that did not).
+            may_have_landed=True,
         )
         self._tracker.forget(entry)
         self._interrupt(entry, error)
@@ -880,6 +884,7 @@ async def cancel_and_confirm(
                 last_status=None,
                 acknowledged=False,
                 timeout=timeout,
+                may_have_landed=False,  # still connecting: no cancel request has left
             ) from exc
         return await client.cancel_order(
             category=category,

@@ -52,7 +52,7 @@ class BybitError(Exception):
         may_have_landed: True when the cancel request that failed may still have reached Bybit
             and been applied (an attempt timed out or got a 5xx or a server error, or the answer
             could not be read). ``cancel_order`` confirms the order's state before it reports
-            such an error.
+            such an error. A :class:`ConfirmationTimeout` sets it too (see there).
     """
 
     may_have_landed = False
@@ -110,13 +110,17 @@ class ClientClosedError(BybitError):
 class ConfirmationTimeout(BybitError, TimeoutError):
     """No final state was confirmed within the call's ``timeout``.
 
-    The cancel may or may not have happened: look at :attr:`last_status`.
+    The cancel may or may not have happened: look at :attr:`last_status`, and treat the order as
+    possibly cancelled whenever :attr:`may_have_landed` is true.
 
     Attributes:
         order_id: the order id, when known (given, or learnt from the acknowledgement).
         order_link_id: the client order id, when known.
         last_status: the last ``orderStatus`` seen for the order (``None`` if nothing was seen).
         acknowledged: whether Bybit acknowledged the cancel request.
+        may_have_landed: False only when no cancel request was sent (``cancel_and_confirm``
+            could not connect within its timeout); otherwise True, acknowledged or not: a request
+            whose answer never came (a timeout, a dropped connection) may still have been applied.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class ConfirmationTimeout(BybitError, TimeoutError):
         last_status: str | None,
         acknowledged: bool,
         timeout: float,
+        may_have_landed: bool = True,
     ) -> None:
         super().__init__(order_id, order_link_id, last_status)
         self.order_id = order_id
@@ -134,21 +139,34 @@ class ConfirmationTimeout(BybitError, TimeoutError):
         self.last_status = last_status
         self.acknowledged = acknowledged
         self.timeout = timeout
+        self.may_have_landed = may_have_landed
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The arguments are keyword-only, so the default (cls(*self.args)) cannot rebuild it:
         # copy.copy and pickle use this. (The client raises a copy per caller.)
         return (
             _confirmation_timeout,
-            (self.order_id, self.order_link_id, self.last_status, self.acknowledged, self.timeout),
+            (
+                self.order_id,
+                self.order_link_id,
+                self.last_status,
+                self.acknowledged,
+                self.timeout,
+                self.may_have_landed,
+            ),
         )
 
     def __str__(self) -> str:
         ident = self.order_id or self.order_link_id
-        ack = "acknowledged" if self.acknowledged else "not acknowledged"
+        if self.acknowledged:
+            sent = "cancel acknowledged"
+        elif self.may_have_landed:
+            sent = "cancel not acknowledged, may have landed"
+        else:
+            sent = "cancel not sent"
         return (
             f"no final state for order {ident} within {self.timeout:g}s "
-            f"(cancel {ack}, last status seen: {self.last_status or 'none'})"
+            f"({sent}, last status seen: {self.last_status or 'none'})"
         )
 
 
@@ -158,6 +176,7 @@ def _confirmation_timeout(
     last_status: str | None,
     acknowledged: bool,
     timeout: float,
+    may_have_landed: bool = True,
 ) -> ConfirmationTimeout:
     return ConfirmationTimeout(
         order_id=order_id,
@@ -165,6 +184,7 @@ def _confirmation_timeout(
         last_status=last_status,
         acknowledged=acknowledged,
         timeout=timeout,
+        may_have_landed=may_have_landed,
     )
 
 

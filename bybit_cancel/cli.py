@@ -11,7 +11,8 @@ Exit codes of ``cancel`` (also in the README):
 * 130: interrupted (Ctrl-C); 143: terminated (SIGTERM). The client is closed first.
 
 With ``--json`` every outcome once the arguments parse is one JSON object on stdout: the result,
-or ``{"error": ..., "message": ...}`` (with ``retCode``/``retMsg`` for an exchange error).
+or ``{"error": ..., "message": ..., "mayHaveLanded": ...}`` (with ``retCode``/``retMsg`` for an
+exchange error); ``mayHaveLanded`` true means the order may be cancelled all the same.
 Arguments argparse refuses (an unknown option, ``--timeout abc``) print its usage and exit 2.
 
 The secret is read from the environment only, never from the command line, and never printed.
@@ -167,7 +168,11 @@ def _report(out: TextIO, err: TextIO, as_json: bool, name: str, message: str, co
 
 def _fail(err: TextIO, as_json: bool, out: TextIO, exc: BybitError, code: int) -> int:
     if as_json:
-        body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        body: dict[str, Any] = {
+            "error": type(exc).__name__,
+            "message": str(exc),
+            "mayHaveLanded": exc.may_have_landed,
+        }
         if isinstance(exc, BybitAPIError):
             body["retCode"] = exc.ret_code
             body["retMsg"] = exc.ret_msg

@@ -208,7 +208,8 @@ async def test_cancel_timeout_covers_connecting() -> None:
         t0 = loop.time()
         code, out, _ = await run_cli(*hole.args("--timeout", "1", "--json"), env=CREDS)
         assert code == 5 and loop.time() - t0 < 6
-        assert json.loads(out)["error"] == "ConfirmationTimeout"
+        body = json.loads(out)
+        assert body["error"] == "ConfirmationTimeout" and body["mayHaveLanded"] is False
 
 
 @pytest.mark.parametrize(

@@ -271,7 +271,7 @@ async def test_timeout(fx: FakeExchange) -> None:
         assert client.pending_count == 0
     err = info.value
     assert isinstance(err, TimeoutError)
-    assert err.order_id == o.order_id and err.acknowledged
+    assert err.order_id == o.order_id and err.acknowledged and err.may_have_landed
 
 
 async def test_timeout_names_the_last_open_status_seen(fx: FakeExchange) -> None:

@@ -533,6 +533,24 @@ async def test_http_429_forever_backs_off_instead_of_hammering(fx: FakeExchange)
     assert 2 <= cancel_requests(fx) <= 4
 
 
+async def test_a_timeout_without_an_ack_may_still_have_cancelled(fx: FakeExchange) -> None:
+    """The answer to the cancel never comes within the caller's timeout (and nor does the push),
+    yet Bybit applied it. The ConfirmationTimeout must say it may have landed; it used to
+    inherit BybitError's False, which a caller checking `may_have_landed` takes as "not
+    cancelled"."""
+    o = fx.seed_order()
+    fx.push_delay = 1.0  # Bybit applies it (and pushes) a second later
+    fx.add_fault(Fault.REST_TIMEOUT, order_id=o.order_id, delay=5.0)
+    async with fast_client(fx) as client:
+        with pytest.raises(ConfirmationTimeout) as info:
+            await client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=0.3
+            )
+    assert not info.value.acknowledged and info.value.may_have_landed
+    await wait_until(lambda: fx.order(o.order_id).status == "Cancelled")  # it did land
+    assert "may have landed" in str(info.value)
+
+
 @pytest.mark.parametrize("task_kind", ["c", "python"])
 async def test_deadline_interrupts_a_rest_backoff_in_any_task(
     fx: FakeExchange, task_kind: str

@@ -247,6 +247,19 @@ def test_exception_tree() -> None:
     )
     assert isinstance(t, TimeoutError) and isinstance(t, BybitError)
     assert "o" in str(t) and "New" in str(t)
+    # Unless the caller knows no request left, a timeout may have cancelled the order.
+    assert t.may_have_landed and BybitError().may_have_landed is False
+    unsent = ConfirmationTimeout(
+        order_id="o",
+        order_link_id=None,
+        last_status=None,
+        acknowledged=False,
+        timeout=2,
+        may_have_landed=False,
+    )
+    assert "not sent" in str(unsent)
+    assert pickle.loads(pickle.dumps(unsent)).may_have_landed is False
+    assert copy.copy(t).may_have_landed is True
 
 
 @pytest.mark.parametrize(

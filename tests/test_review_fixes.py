@@ -181,6 +181,7 @@ async def test_one_shot_deadline_covers_connecting() -> None:
             )
         assert loop.time() - t0 < 3.0
     assert not info.value.acknowledged
+    assert not info.value.may_have_landed  # it never got as far as sending the cancel
     assert client_tasks() == []
 
 
