@@ -726,8 +726,14 @@ class BybitCancelClient:
         self._fail_pending(exc)
 
     def _fail_pending(self, exc: BaseException) -> None:
-        for entry in self._tracker.fail_all(exc):
-            self._interrupt(entry, exc)
+        # Every pending call has handed its cancel request to REST (_begin is followed by the
+        # send with nothing awaited in between), so whatever ends its wait, the cancel may have
+        # landed. (Not `exc` itself: as the client's failure it also answers later calls, which
+        # send nothing.)
+        landed = _fresh(exc)
+        landed.may_have_landed = True  # type: ignore[attr-defined]
+        for entry in self._tracker.fail_all(landed):
+            self._interrupt(entry, landed)
 
     def _on_timer(self, entry: Call, kind: int, payload: Any) -> None:
         if kind == GRACE:
@@ -748,9 +754,9 @@ class BybitCancelClient:
             last_status=self._tracker.last_status(entry),
             acknowledged=entry.acknowledged,
             timeout=payload,
-            # Conservative: the request was handed to the network when the call began, and a
-            # timeout cannot tell an attempt that was never applied from one whose answer never
-            # came (or an answer that came before a lookup that did not).
+            # Conservative: the call handed its request to REST when it began; it may still have
+            # been waiting there (for a rate limit, a connection, a backoff) when time ran out,
+            # but a timeout cannot tell that from an attempt whose answer never came.
             may_have_landed=True,
         )
         self._tracker.forget(entry)

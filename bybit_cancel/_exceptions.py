@@ -104,7 +104,10 @@ class TransportError(BybitError):
 
 
 class ClientClosedError(BybitError):
-    """The client was closed (or lost its stream for good) while the call was pending."""
+    """The client was closed (or lost its stream for good) while the call was pending.
+
+    Raised to a call that was waiting, ``may_have_landed`` is True: its cancel request had been
+    sent. Raised by a call made after the close, it is False: nothing was sent."""
 
 
 class ConfirmationTimeout(BybitError, TimeoutError):
@@ -118,9 +121,11 @@ class ConfirmationTimeout(BybitError, TimeoutError):
         order_link_id: the client order id, when known.
         last_status: the last ``orderStatus`` seen for the order (``None`` if nothing was seen).
         acknowledged: whether Bybit acknowledged the cancel request.
-        may_have_landed: False only when no cancel request was sent (``cancel_and_confirm``
-            could not connect within its timeout); otherwise True, acknowledged or not: a request
-            whose answer never came (a timeout, a dropped connection) may still have been applied.
+        may_have_landed: False when the call never got as far as sending a cancel request
+            (``cancel_and_confirm`` could not connect within its timeout); otherwise True,
+            acknowledged or not, since a request whose answer never came may still have been
+            applied (conservatively True even if the request was still waiting for a rate limit
+            or a connection when the time ran out).
     """
 
     def __init__(

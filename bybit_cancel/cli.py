@@ -12,7 +12,8 @@ Exit codes of ``cancel`` (also in the README):
 
 With ``--json`` every outcome once the arguments parse is one JSON object on stdout: the result,
 or ``{"error": ..., "message": ..., "mayHaveLanded": ...}`` (with ``retCode``/``retMsg`` for an
-exchange error); ``mayHaveLanded`` true means the order may be cancelled all the same.
+exchange error); ``mayHaveLanded`` true means the order may be cancelled all the same (always
+after Ctrl-C or SIGTERM, which cannot tell whether the request had left; never for bad input).
 Arguments argparse refuses (an unknown option, ``--timeout abc``) print its usage and exit 2.
 
 The secret is read from the environment only, never from the command line, and never printed.
@@ -95,13 +96,13 @@ def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     secret = os.environ.get("BYBIT_API_SECRET", "")
     if not key or not secret:
         msg = "set BYBIT_API_KEY and BYBIT_API_SECRET in the environment"
-        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT)
+        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT, False)
     if (args.rest_url is None) != (args.ws_url is None):
         msg = "--rest-url and --ws-url go together"
-        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT)
+        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT, False)
     if (args.testnet or args.demo) and args.rest_url:
         msg = "--rest-url/--ws-url replace --testnet/--demo"
-        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT)
+        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT, False)
     call: dict[str, Any] = {
         "category": args.category,
         "symbol": args.symbol,
@@ -120,14 +121,15 @@ def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         validate_cancel(**call)
         BybitCancelClient(api_key=key, api_secret=secret, **options)  # checks them; no I/O
     except ValueError as exc:
-        return _report(out, err, as_json, "ValueError", str(exc), EXIT_BAD_INPUT)
+        return _report(out, err, as_json, "ValueError", str(exc), EXIT_BAD_INPUT, False)
 
     try:
         result = asyncio.run(_run(key, secret, call, options))
     except KeyboardInterrupt:
-        return _report(out, err, as_json, "Interrupted", "interrupted", EXIT_INTERRUPTED)
+        # (Whether the request had left when the signal came is not known: say it may have.)
+        return _report(out, err, as_json, "Interrupted", "interrupted", EXIT_INTERRUPTED, True)
     except asyncio.CancelledError:
-        return _report(out, err, as_json, "Terminated", "terminated", EXIT_TERMINATED)
+        return _report(out, err, as_json, "Terminated", "terminated", EXIT_TERMINATED, True)
     except OrderNotFound as exc:
         return _fail(err, as_json, out, exc, EXIT_NOT_FOUND)
     except ConfirmationTimeout as exc:
@@ -135,7 +137,7 @@ def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except BybitError as exc:
         return _fail(err, as_json, out, exc, EXIT_ERROR)
     except Exception as exc:  # not expected: one line (or JSON), no traceback
-        return _report(out, err, as_json, type(exc).__name__, str(exc), EXIT_ERROR)
+        return _report(out, err, as_json, type(exc).__name__, str(exc), EXIT_ERROR, True)
     if as_json:
         print(json.dumps(_as_dict(result)), file=out)
     else:
@@ -158,9 +160,11 @@ async def _run(
     return await cancel_and_confirm(api_key=key, api_secret=secret, **call, **options)
 
 
-def _report(out: TextIO, err: TextIO, as_json: bool, name: str, message: str, code: int) -> int:
+def _report(
+    out: TextIO, err: TextIO, as_json: bool, name: str, message: str, code: int, landed: bool
+) -> int:
     if as_json:
-        print(json.dumps({"error": name, "message": message}), file=out)
+        print(json.dumps({"error": name, "message": message, "mayHaveLanded": landed}), file=out)
     else:
         print(f"error: {message}", file=err)
     return code

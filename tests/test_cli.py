@@ -231,6 +231,7 @@ async def test_json_bad_input_is_json(argv_extra: list[str], env: dict[str, str]
     code, out, err = await run_cli(*args, env=env)
     assert code == 2 and "Traceback" not in err
     assert json.loads(out)["error"] == "ValueError"
+    assert json.loads(out)["mayHaveLanded"] is False  # nothing was sent
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -246,5 +247,9 @@ async def test_a_signal_closes_the_client_and_exits_cleanly(sig: str, code: int,
         proc.send_signal(getattr(signal, sig))
         out, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == code, err
-    assert json.loads(out.decode()) == {"error": name, "message": name.lower()}
+    assert json.loads(out.decode()) == {
+        "error": name,
+        "message": name.lower(),
+        "mayHaveLanded": True,  # a signal cannot tell whether the request had left
+    }
     assert b"Traceback" not in err

@@ -184,10 +184,14 @@ async def test_auth_refused_on_reconnect_fails_pending_promptly(fx: FakeExchange
         await fx.disconnect_all()
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
         assert all(isinstance(x, AuthenticationError) for x in results), results
+        # Their cancels were sent (and acknowledged): they may have landed. A call made after
+        # the failure sends nothing, and its copy of the error says so.
+        assert all(getattr(x, "may_have_landed", False) for x in results)
         assert client.connection_state is ConnectionState.FAILED
         assert client.pending_count == 0
-        with pytest.raises(AuthenticationError):
+        with pytest.raises(AuthenticationError) as later:
             await cancel(client, orders[0].order_id)
+        assert not later.value.may_have_landed
     assert client_tasks() == []
 
 
@@ -531,6 +535,34 @@ async def test_http_429_forever_backs_off_instead_of_hammering(fx: FakeExchange)
                 category="linear", symbol="BTCUSDT", order_id=o.order_id, timeout=1.2
             )
     assert 2 <= cancel_requests(fx) <= 4
+
+
+async def test_a_call_failed_by_a_close_may_still_have_cancelled(fx: FakeExchange) -> None:
+    """A call waiting for its push when the client closes: its cancel was sent (and here
+    applied), so the ClientClosedError it gets says it may have landed; it used to say False.
+    A call made after the close sent nothing, and its error says so."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DROP_PUSH, order_id=o.order_id)
+    client = fast_client(fx, push_grace=30.0)
+    await client.open()
+    acked = asyncio.Event()
+    task = asyncio.create_task(
+        client.cancel_order(
+            category="linear",
+            symbol="BTCUSDT",
+            order_id=o.order_id,
+            timeout=30,
+            on_ack=lambda *_: acked.set(),
+        )
+    )
+    await asyncio.wait_for(acked.wait(), 5)
+    await client.aclose()
+    with pytest.raises(ClientClosedError) as info:
+        await asyncio.wait_for(task, 5)
+    assert info.value.may_have_landed
+    assert fx.order(o.order_id).status == "Cancelled"
+    with pytest.raises(RuntimeError):  # closed: refused before any I/O
+        await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
 
 
 async def test_a_timeout_without_an_ack_may_still_have_cancelled(fx: FakeExchange) -> None:
