@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from bybit_cancel import BybitCancelClient, CancelResult
 from bybit_cancel._models import WireOrder
 from bybit_cancel._rest import Clock, RestClient
 from bybit_cancel._signing import Credentials
@@ -27,6 +28,25 @@ def fixture_bytes(name: str) -> bytes:
 
 def fixture(name: str) -> Any:
     return json.loads(fixture_bytes(name))
+
+
+async def cancel_until_acked(
+    client: BybitCancelClient, order_id: str, **options: Any
+) -> asyncio.Task[CancelResult]:
+    """Start a linear BTCUSDT cancel in a task of its own and return once Bybit acknowledged
+    it (bounded): the call is then waiting for its push."""
+    acked = asyncio.Event()
+    task = asyncio.create_task(
+        client.cancel_order(
+            category="linear",
+            symbol="BTCUSDT",
+            order_id=order_id,
+            on_ack=lambda *_: acked.set(),
+            **options,
+        )
+    )
+    await asyncio.wait_for(acked.wait(), 5)
+    return task
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:

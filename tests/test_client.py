@@ -26,7 +26,7 @@ from bybit_cancel import (
 from bybit_cancel.testing import FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
-from .helpers import wait_until
+from .helpers import cancel_until_acked, wait_until
 
 
 def cancels(fx: FakeExchange) -> int:
@@ -302,16 +302,7 @@ async def test_caller_cancellation_leaves_nothing(fx: FakeExchange) -> None:
     async with make_client(fx, push_grace=30.0) as client:
         await wait_until(lambda: len(client_tasks()) == 2)  # the stream and its heartbeat
         tasks_before = set(asyncio.all_tasks())
-        acked = asyncio.Event()
-        task = asyncio.create_task(
-            client.cancel_order(
-                category="linear",
-                symbol="BTCUSDT",
-                order_id=o.order_id,
-                on_ack=lambda *_: acked.set(),
-            )
-        )
-        await asyncio.wait_for(acked.wait(), 5)
+        task = await cancel_until_acked(client, o.order_id)
         assert client.pending_count == 1
         new = {t for t in asyncio.all_tasks() - tasks_before if "RequestHandler" not in repr(t)}
         assert new == {task}  # the caller's own task only: no task per cancel

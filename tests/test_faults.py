@@ -34,7 +34,7 @@ from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import BYBIT_RATE_LIMITS, FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
-from .helpers import wait_until
+from .helpers import cancel_until_acked, wait_until
 
 FAST = {
     "push_grace": 0.2,
@@ -545,17 +545,7 @@ async def test_a_call_failed_by_a_close_may_still_have_cancelled(fx: FakeExchang
     fx.add_fault(Fault.DROP_PUSH, order_id=o.order_id)
     client = fast_client(fx, push_grace=30.0)
     await client.open()
-    acked = asyncio.Event()
-    task = asyncio.create_task(
-        client.cancel_order(
-            category="linear",
-            symbol="BTCUSDT",
-            order_id=o.order_id,
-            timeout=30,
-            on_ack=lambda *_: acked.set(),
-        )
-    )
-    await asyncio.wait_for(acked.wait(), 5)
+    task = await cancel_until_acked(client, o.order_id, timeout=30)
     await client.aclose()
     with pytest.raises(ClientClosedError) as info:
         await asyncio.wait_for(task, 5)

@@ -26,7 +26,7 @@ from bybit_cancel._models import WireOrder
 from bybit_cancel.testing import FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
-from .helpers import make_rest, make_stream
+from .helpers import cancel_until_acked, make_rest, make_stream
 
 
 async def _raw_server(handler: Any) -> tuple[asyncio.Server, int]:
@@ -190,16 +190,7 @@ async def test_outside_cancellation_is_not_swallowed(fx: FakeExchange) -> None:
     o = fx.seed_order()
     fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=30)
     async with make_client(fx, push_grace=30.0) as client:
-        acked = asyncio.Event()
-        task = asyncio.create_task(
-            client.cancel_order(
-                category="linear",
-                symbol="BTCUSDT",
-                order_id=o.order_id,
-                on_ack=lambda *_: acked.set(),
-            )
-        )
-        await asyncio.wait_for(acked.wait(), 5)
+        task = await cancel_until_acked(client, o.order_id)
         await asyncio.sleep(0)  # let it park on its future
         client._fail_pending(ClientClosedError("closing"))
         task.cancel()
