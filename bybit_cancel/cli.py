@@ -96,13 +96,13 @@ def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     secret = os.environ.get("BYBIT_API_SECRET", "")
     if not key or not secret:
         msg = "set BYBIT_API_KEY and BYBIT_API_SECRET in the environment"
-        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT, False)
+        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT, landed=False)
     if (args.rest_url is None) != (args.ws_url is None):
         msg = "--rest-url and --ws-url go together"
-        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT, False)
+        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT, landed=False)
     if (args.testnet or args.demo) and args.rest_url:
         msg = "--rest-url/--ws-url replace --testnet/--demo"
-        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT, False)
+        return _report(out, err, as_json, "ValueError", msg, EXIT_BAD_INPUT, landed=False)
     call: dict[str, Any] = {
         "category": args.category,
         "symbol": args.symbol,
@@ -121,15 +121,17 @@ def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         validate_cancel(**call)
         BybitCancelClient(api_key=key, api_secret=secret, **options)  # checks them; no I/O
     except ValueError as exc:
-        return _report(out, err, as_json, "ValueError", str(exc), EXIT_BAD_INPUT, False)
+        return _report(out, err, as_json, "ValueError", str(exc), EXIT_BAD_INPUT, landed=False)
 
     try:
         result = asyncio.run(_run(key, secret, call, options))
     except KeyboardInterrupt:
         # (Whether the request had left when the signal came is not known: say it may have.)
-        return _report(out, err, as_json, "Interrupted", "interrupted", EXIT_INTERRUPTED, True)
+        return _report(
+            out, err, as_json, "Interrupted", "interrupted", EXIT_INTERRUPTED, landed=True
+        )
     except asyncio.CancelledError:
-        return _report(out, err, as_json, "Terminated", "terminated", EXIT_TERMINATED, True)
+        return _report(out, err, as_json, "Terminated", "terminated", EXIT_TERMINATED, landed=True)
     except OrderNotFound as exc:
         return _fail(err, as_json, out, exc, EXIT_NOT_FOUND)
     except ConfirmationTimeout as exc:
@@ -137,7 +139,7 @@ def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except BybitError as exc:
         return _fail(err, as_json, out, exc, EXIT_ERROR)
     except Exception as exc:  # not expected: one line (or JSON), no traceback
-        return _report(out, err, as_json, type(exc).__name__, str(exc), EXIT_ERROR, True)
+        return _report(out, err, as_json, type(exc).__name__, str(exc), EXIT_ERROR, landed=True)
     if as_json:
         print(json.dumps(_as_dict(result)), file=out)
     else:
@@ -161,7 +163,7 @@ async def _run(
 
 
 def _report(
-    out: TextIO, err: TextIO, as_json: bool, name: str, message: str, code: int, landed: bool
+    out: TextIO, err: TextIO, as_json: bool, name: str, message: str, code: int, *, landed: bool
 ) -> int:
     if as_json:
         print(json.dumps({"error": name, "message": message, "mayHaveLanded": landed}), file=out)
