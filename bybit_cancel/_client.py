@@ -159,7 +159,8 @@ class BybitCancelClient:
             default) re-sends until the call's deadline. Throttling (10006, 429) is always
             waited out until the deadline.
         handshake_timeout: seconds for the websocket connect, auth and subscribe.
-        reconnect_backoff: (base, cap) seconds of the reconnect backoff (full jitter).
+        reconnect_backoff: (base, cap) seconds of the reconnect backoff (each wait drawn between
+            half and all of the step).
         recent_size, recent_age: bound of the memory of recent final states.
         seed: seed of the jitter, for reproducible tests.
 

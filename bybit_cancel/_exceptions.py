@@ -104,10 +104,10 @@ class TransportError(BybitError):
 
 
 class ClientClosedError(BybitError):
-    """The client was closed (or lost its stream for good) while the call was pending.
+    """The client was closed while the call was pending.
 
-    Raised to a call that was waiting, ``may_have_landed`` is True: its cancel request had been
-    sent. Raised by a call made after the close, it is False: nothing was sent."""
+    ``may_have_landed`` is True: the waiting call's cancel request had been sent. (A call made
+    after the close raises ``RuntimeError`` instead, before sending anything.)"""
 
 
 class ConfirmationTimeout(BybitError, TimeoutError):
