@@ -63,6 +63,17 @@ _LINK_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
 _SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,63}")
 _ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NUMBER = (int, float)  # (built once: `int | float` would build a union on every call)
+
+
+def _is_seconds(value: object) -> bool:
+    """A positive, finite number of seconds, at most 1e9 (NaN fails the comparison)."""
+    return isinstance(value, _NUMBER) and not isinstance(value, bool) and 0 < value <= MAX_SECONDS
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # The longest duration accepted (about 31 years): any longer one is "never" in practice, and the
 # timers' millisecond arithmetic on loop time + duration must stay finite.
 MAX_SECONDS = 1e9
@@ -198,21 +209,31 @@ class BybitCancelClient:
         self._rest_url, self._ws_url = resolve_urls(
             testnet=testnet, demo=demo, rest_url=rest_url, ws_url=ws_url
         )
-        if not isinstance(recv_window, int) or recv_window <= 0:
-            raise ValueError("recv_window must be a positive number of milliseconds")
+        # (A bool is an int to Python, and True would read as 1: refused like any other type.)
+        if not _is_int(recv_window) or recv_window <= 0:
+            raise ValueError(f"recv_window must be a positive number of ms, got {recv_window!r}")
         for name, value in (
             ("push_grace", push_grace),
             ("ping_interval", ping_interval),
             ("http_timeout", http_timeout),
             ("handshake_timeout", handshake_timeout),
         ):
-            if not 0 < value <= MAX_SECONDS:  # (also refuses NaN and infinity)
-                raise ValueError(f"{name} must be a positive number of seconds, at most 1e9")
-        if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
-            raise ValueError("max_retries must be None or a non-negative integer")
-        base, cap = reconnect_backoff
-        if not 0 < base <= cap <= MAX_SECONDS:
-            raise ValueError("reconnect_backoff must be (base, cap) with 0 < base <= cap <= 1e9")
+            if not _is_seconds(value):
+                raise ValueError(
+                    f"{name} must be a positive number of seconds, at most 1e9, got {value!r}"
+                )
+        if max_retries is not None and (not _is_int(max_retries) or max_retries < 0):
+            raise ValueError(f"max_retries must be None or an integer >= 0, got {max_retries!r}")
+        if not (
+            isinstance(reconnect_backoff, tuple)
+            and len(reconnect_backoff) == 2
+            and all(_is_seconds(v) for v in reconnect_backoff)
+            and reconnect_backoff[0] <= reconnect_backoff[1]
+        ):
+            raise ValueError(
+                "reconnect_backoff must be (base, cap) with 0 < base <= cap <= 1e9, "
+                f"got {reconnect_backoff!r}"
+            )
         self._recv_window = recv_window
         self._session = session
         self._owns_session = session is None

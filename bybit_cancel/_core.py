@@ -260,8 +260,18 @@ class CancelTracker(Generic[E]):
     """
 
     def __init__(self, *, recent_size: int = 10_000, recent_age: float = 600.0) -> None:
-        if recent_size < 1 or recent_age <= 0:
-            raise ValueError("recent_size and recent_age must be positive")
+        if not (
+            isinstance(recent_size, int)
+            and not isinstance(recent_size, bool)
+            and recent_size >= 1
+            and isinstance(recent_age, int | float)
+            and not isinstance(recent_age, bool)
+            and 0 < recent_age < float("inf")
+        ):
+            raise ValueError(
+                "recent_size must be a positive integer and recent_age a positive number of "
+                f"seconds, got {recent_size!r} and {recent_age!r}"
+            )
         # orderId -> cancels that know the order id (given, or learnt from the ack)
         self._by_id: _Index[str, E] = _Index()
         # (category, orderLinkId) -> cancels given only the link id. orderLinkId is unique per

@@ -375,13 +375,45 @@ def test_credentials_and_urls_are_checked_at_construction() -> None:
         ("handshake_timeout", -1.0),
         ("reconnect_backoff", (0.1, float("inf"))),
         ("reconnect_backoff", (float("nan"), 1.0)),
+        # Of the wrong type: each used to pass (a bool reads as 1) or fail with a TypeError or
+        # an unpacking error that did not name the option.
+        ("push_grace", "1"),
+        ("push_grace", True),
+        ("http_timeout", None),
+        ("recv_window", True),
+        ("recv_window", 5000.0),
+        ("max_retries", True),
+        ("max_retries", 1.5),
+        ("reconnect_backoff", (1.0,)),
+        ("reconnect_backoff", [0.1, 1.0]),
+        ("reconnect_backoff", (0.1, "1")),
+        ("recent_size", "x"),
+        ("recent_size", True),
+        ("recent_size", 0),
+        ("recent_age", True),
+        ("recent_age", float("inf")),
     ],
 )
-def test_bad_client_durations_are_refused_at_construction(option: str, value: object) -> None:
+def test_bad_client_options_are_refused_at_construction(option: str, value: object) -> None:
     """Durations must be positive and finite (at most 1e9 s): an infinite push grace used to be
-    accepted and then failed every cancel after its request was sent."""
+    accepted and then failed every cancel after its request was sent. Every option of the wrong
+    type is a ValueError naming it, as the README promises."""
     with pytest.raises(ValueError, match=option):
         BybitCancelClient(api_key="k", api_secret="s", **{option: value})  # type: ignore[arg-type]
+
+
+def test_good_client_options_are_accepted() -> None:
+    client = BybitCancelClient(
+        api_key="k",
+        api_secret="s",
+        push_grace=1,
+        recv_window=20_000,
+        max_retries=0,
+        reconnect_backoff=(0.5, 0.5),
+        recent_size=1,
+        recent_age=0.5,
+    )
+    assert client.pending_count == 0
 
 
 def test_body_built_in_bybit_names() -> None:
