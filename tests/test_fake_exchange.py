@@ -24,7 +24,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from benchmarks._clients import record_pybit_subscribes_first
-from bybit_cancel.testing import FakeExchange, FakeOrder, Fault
+from bybit_cancel.testing import BYBIT_RATE_LIMITS, FakeExchange, FakeOrder, Fault
 
 from .helpers import FIXTURES
 
@@ -271,6 +271,24 @@ async def test_missing_auth_headers_401(fx: FakeExchange, rest: Rest) -> None:
         assert r.status == 401
 
 
+async def test_a_get_with_a_body_is_forbidden(fx: FakeExchange, rest: Rest) -> None:
+    """protocol §1: a GET sent with a JSON body, even ``{}``, gets HTTP 403; a client that sends
+    one must fail here as it would on Bybit."""
+    ts = str(fx.now_ms())
+    headers = {
+        "X-BAPI-API-KEY": KEY,
+        "X-BAPI-TIMESTAMP": ts,
+        "X-BAPI-RECV-WINDOW": "5000",
+        "X-BAPI-SIGN": sign(SECRET, f"{ts}{KEY}5000category=linear&symbol=BTCUSDT"),
+        "Content-Type": "application/json",
+    }
+    url = fx.rest_url + "/v5/order/realtime?category=linear&symbol=BTCUSDT"
+    async with rest.session.get(url, headers=headers, data=b"{}") as r:
+        assert r.status == 403
+    async with rest.session.get(url, headers=headers) as r:
+        assert r.status == 200 and (await r.json())["retCode"] == 0
+
+
 async def test_unknown_path_404(fx: FakeExchange, rest: Rest) -> None:
     async with rest.session.get(fx.rest_url + "/v5/nope") as r:
         assert r.status == 404
@@ -298,6 +316,23 @@ async def test_rate_limit_headers_and_10006() -> None:
         _, data, h = await rest.get("/v5/order/realtime", "category=linear&symbol=BTCUSDT")
         assert h["X-Bapi-Limit"] == "10000"
         assert fx.order(orders[2].order_id).status == "New"
+
+
+async def test_bybits_own_rate_limits_are_per_category() -> None:
+    """protocol §7: a cancel is limited to 10/s on linear, inverse and option and 20/s on spot."""
+    async with (
+        FakeExchange(KEY, SECRET, rate_limits=BYBIT_RATE_LIMITS) as fx,
+        aiohttp.ClientSession() as s,
+    ):
+        rest = Rest(s, fx)
+        codes: dict[str, list[int]] = {}
+        for category in ("spot", "linear"):
+            answers = [await rest.cancel(category, "BTCUSDT", orderId="1") for _ in range(21)]
+            codes[category] = [a[1]["retCode"] for a in answers]
+            assert {a[2]["X-Bapi-Limit"] for a in answers} == {"20" if category == "spot" else "10"}
+        # (An unknown order: 170213 on spot, 110001 on linear, until the window is full.)
+        assert codes["spot"] == [170213] * 20 + [10006]
+        assert codes["linear"] == [110001] * 10 + [10006] * 11
 
 
 # ---------------------------------------------------------------------------- cancel

@@ -40,12 +40,14 @@ FINAL_STATUSES: Final = frozenset(
 )
 # Requests per second per endpoint when `rate_limits` does not name it: lifted far above Bybit's
 # own, so that tests and benchmarks can burst. Pass `rate_limits=BYBIT_RATE_LIMITS` to meet
-# Bybit's defaults (protocol §7, UTA, linear/inverse/option; spot's are 20/s for cancel, not
-# modelled: the fake has one limit per endpoint, counted per category).
+# Bybit's defaults (protocol §7, UTA). Each (endpoint, category) has its own window; a key
+# "<endpoint> <category>" sets one category's limit, over the endpoint's own.
 DEFAULT_RATE_LIMIT: Final = 10_000
 BYBIT_RATE_LIMITS: Final = {
     "/v5/order/cancel": 10,
+    "/v5/order/cancel spot": 20,
     "/v5/order/create": 10,
+    "/v5/order/create spot": 20,
     "/v5/order/realtime": 50,
     "/v5/order/history": 50,
 }
@@ -258,8 +260,9 @@ class FakeExchange:
     Use ``await fx.start()`` / ``await fx.stop()`` or ``async with FakeExchange(...) as fx``.
 
     Rate limits are lifted by default (10,000 requests/s per endpoint and category); pass
-    ``rate_limits=BYBIT_RATE_LIMITS`` for Bybit's own (10/s for a linear cancel), or any
-    ``{endpoint: per_second}``.
+    ``rate_limits=BYBIT_RATE_LIMITS`` for Bybit's own (10/s for a linear cancel, 20/s for a spot
+    one), or any ``{endpoint: per_second}``, where a key ``"<endpoint> <category>"`` sets one
+    category's limit.
     """
 
     def __init__(
@@ -1004,7 +1007,7 @@ class FakeExchange:
 
     def _rate(self, endpoint: str, category: str) -> tuple[bool, dict[str, str]]:
         """protocol §7: rolling 1-second window per (endpoint, category); returns headers."""
-        limit = self.rate_limits.get(endpoint, DEFAULT_RATE_LIMIT)
+        limit = self._limit(endpoint, category)
         window = self._windows.get((endpoint, category))
         if window is None:
             window = self._windows[(endpoint, category)] = deque()
@@ -1017,6 +1020,10 @@ class FakeExchange:
             return False, self._limit_headers(limit, 0, reset)
         window.append(now)
         return True, self._limit_headers(limit, limit - len(window), now_ms)
+
+    def _limit(self, endpoint: str, category: str) -> int:
+        limit = self.rate_limits.get(f"{endpoint} {category}")
+        return self.rate_limits.get(endpoint, DEFAULT_RATE_LIMIT) if limit is None else limit
 
     @staticmethod
     def _limit_headers(limit: int, status: int, reset: int) -> dict[str, str]:
@@ -1257,7 +1264,7 @@ class FakeExchange:
                     status=429, text="System level frequency protection. Please retry"
                 )
             if fault is Fault.RATE_LIMIT_10006:
-                limit = self.rate_limits.get("/v5/order/cancel", DEFAULT_RATE_LIMIT)
+                limit = self._limit("/v5/order/cancel", category)
                 reset = self.now_ms() + int(spec.delay * 1000)
                 return self._err(10006, "Too many visits!", self._limit_headers(limit, 0, reset))
             if fault is Fault.TIMESTAMP_10002:
@@ -1420,6 +1427,10 @@ class FakeExchange:
 
         Returns ``(query params, category, rate-limit headers)`` or the error answer to send.
         """
+        if request.body_exists:
+            # protocol §1 "HTTP status codes": a GET sent with a JSON body, even an empty one,
+            # gets 403 (from Bybit's gateway, before any check of the request itself).
+            return web.Response(status=403, text="403 Forbidden")
         query = request.raw_path.partition("?")[2]
         try:
             self._authenticate(request, query.encode())
