@@ -705,11 +705,10 @@ class BybitCancelClient:
             outcome = self._outcome(entry)
         if outcome is not None:
             return outcome
-        raise BybitAPIError(
-            exc.ret_code,
-            f"{exc.ret_msg} (yet the order is {self._tracker.last_status(entry)}: for spot TP/SL "
-            "and conditional orders pass order_filter)",
-        ) from None
+        hint = f"yet the order is {self._tracker.last_status(entry)}"
+        if entry.category == "spot":
+            hint += ": for a spot TP/SL or conditional order pass order_filter (--order-filter)"
+        raise BybitAPIError(exc.ret_code, exc.ret_msg, hint=hint) from None
 
     # -- callbacks from the stream (on the stream task) ----------------------------------------
 
@@ -914,14 +913,18 @@ async def cancel_and_confirm(
                 timeout=timeout,
                 may_have_landed=False,  # still connecting: no cancel request has left
             ) from exc
-        return await client.cancel_order(
-            category=category,
-            symbol=symbol,
-            order_id=order_id,
-            order_link_id=order_link_id,
-            order_filter=order_filter,
-            timeout=max(deadline - loop.time(), 0.001),
-        )
+        try:
+            return await client.cancel_order(
+                category=category,
+                symbol=symbol,
+                order_id=order_id,
+                order_link_id=order_link_id,
+                order_filter=order_filter,
+                timeout=max(deadline - loop.time(), 0.001),
+            )
+        except ConfirmationTimeout as exc:
+            exc.timeout = timeout  # the caller's, which covered connecting: not what was left
+            raise
     finally:
         # Outside the deadline: a close cut short could leave the stream task behind.
         await client.aclose()

@@ -64,15 +64,19 @@ class BybitAPIError(BybitError):
     Attributes:
         ret_code: Bybit's ``retCode``.
         ret_msg: Bybit's ``retMsg``, as sent.
+        hint: what the client adds to the message (``""`` for none); never part of ``ret_msg``.
     """
 
-    def __init__(self, ret_code: int, ret_msg: str) -> None:
+    def __init__(self, ret_code: int, ret_msg: str, *, hint: str = "") -> None:
         super().__init__(ret_code, ret_msg)
         self.ret_code = ret_code
         self.ret_msg = ret_msg
+        # (Kept in __dict__, which copy and pickle restore: args stay (ret_code, ret_msg).)
+        self.hint = hint
 
     def __str__(self) -> str:
-        return f"retCode {self.ret_code}: {self.ret_msg}"
+        text = f"retCode {self.ret_code}: {self.ret_msg}"
+        return f"{text} ({self.hint})" if self.hint else text
 
 
 class AuthenticationError(BybitAPIError):

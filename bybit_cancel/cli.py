@@ -64,11 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bybit-cancel",
         description="Cancel a Bybit v5 order and wait for its confirmed final state.",
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="cancel orders on an embedded fake exchange and show the outcome")
+    # No abbreviations (`--dem` for `--demo`, `--test` for `--testnet`): in a trading command an
+    # option should mean only what is written in full.
     c = sub.add_parser(
         "cancel",
+        allow_abbrev=False,
         help="cancel one order (key and secret from BYBIT_API_KEY and BYBIT_API_SECRET)",
         epilog="exit codes: 0 cancelled, 1 error, 2 bad input, 3 filled/rejected before the "
         "cancel, 4 no such order, 5 timeout (connecting included), 130 interrupted, "
@@ -141,9 +145,9 @@ def _cancel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except Exception as exc:  # not expected: one line (or JSON), no traceback
         return _report(out, err, as_json, type(exc).__name__, str(exc), EXIT_ERROR, landed=True)
     if as_json:
-        print(json.dumps(_as_dict(result)), file=out)
+        _print(json.dumps(_as_dict(result)), out)
     else:
-        print(_describe(result), file=out)
+        _print(_describe(result), out)
     return EXIT_CANCELLED if result.cancelled else EXIT_NOT_CANCELLED
 
 
@@ -162,13 +166,27 @@ async def _run(
     return await cancel_and_confirm(api_key=key, api_secret=secret, **call, **options)
 
 
+def _print(text: str, file: TextIO) -> None:
+    """``print``, flushed, except that a reader that has gone (a closed pipe, ``| head -1``)
+    changes nothing: the cancel's outcome is in the exit code all the same."""
+    try:
+        print(text, file=file, flush=True)
+    except BrokenPipeError:
+        # Python's recipe (the signal module's docs, "Note on SIGPIPE"): send the rest of the
+        # output to /dev/null, so that the flush at exit does not fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), file.fileno())
+        except (OSError, ValueError):  # (no file descriptor: nothing to flush at exit)
+            pass
+
+
 def _report(
     out: TextIO, err: TextIO, as_json: bool, name: str, message: str, code: int, *, landed: bool
 ) -> int:
     if as_json:
-        print(json.dumps({"error": name, "message": message, "mayHaveLanded": landed}), file=out)
+        _print(json.dumps({"error": name, "message": message, "mayHaveLanded": landed}), out)
     else:
-        print(f"error: {message}", file=err)
+        _print(f"error: {message}", err)
     return code
 
 
@@ -182,9 +200,9 @@ def _fail(err: TextIO, as_json: bool, out: TextIO, exc: BybitError, code: int) -
         if isinstance(exc, BybitAPIError):
             body["retCode"] = exc.ret_code
             body["retMsg"] = exc.ret_msg
-        print(json.dumps(body), file=out)
+        _print(json.dumps(body), out)
     else:
-        print(f"error: {type(exc).__name__}: {exc}", file=err)
+        _print(f"error: {type(exc).__name__}: {exc}", err)
     return code
 
 
@@ -219,30 +237,27 @@ async def _demo(out: TextIO) -> int:
 
     key, secret = "demo-key", secrets.token_hex(16)
     async with FakeExchange(api_key=key, api_secret=secret, push_delay=0.002) as fx:
-        print(f"fake Bybit v5 exchange on {fx.rest_url} (private stream {fx.ws_url})", file=out)
+        _print(f"fake Bybit v5 exchange on {fx.rest_url} (private stream {fx.ws_url})", out)
         async with BybitCancelClient(
             api_key=key, api_secret=secret, rest_url=fx.rest_url, ws_url=fx.ws_url
         ) as client:
-            print("private stream: authenticated and subscribed to 'order'", file=out)
+            _print("private stream: authenticated and subscribed to 'order'", out)
 
             resting = fx.seed_order(category="linear", symbol="BTCUSDT", qty="0.010", price="30000")
-            print(f"\n1) cancel a resting limit order {resting.order_id}", file=out)
+            _print(f"\n1) cancel a resting limit order {resting.order_id}", out)
             await _demo_cancel(out, client, resting.order_id)
 
             racing = fx.seed_order(category="linear", symbol="ETHUSDT", qty="0.50", price="2500")
             fx.add_fault(Fault.FILL_BEFORE_CANCEL, order_id=racing.order_id)
-            print(
+            _print(
                 f"\n2) cancel an order that fills just before the cancel lands {racing.order_id}",
-                file=out,
+                out,
             )
             result = await _demo_cancel(out, client, racing.order_id, symbol="ETHUSDT")
             if result.status != "Filled":
-                print("unexpected: the second order should have been reported Filled", file=out)
+                _print("unexpected: the second order should have been reported Filled", out)
                 return EXIT_ERROR
-    print(
-        "\nthe ack only said 'accepted'; the stream (or a REST lookup) said what happened.",
-        file=out,
-    )
+    _print("\nthe ack only said 'accepted'; the stream (or a REST lookup) said what happened.", out)
     return 0
 
 
@@ -254,10 +269,10 @@ async def _demo_cancel(
 
     def on_ack(oid: str, link: str) -> None:
         acked.append(time.perf_counter())
-        print(
+        _print(
             f"   ack:       retCode 0, orderId={oid} orderLinkId={link!r} "
             f"after {(acked[0] - t0) * 1000:.2f} ms (accepted, not yet done)",
-            file=out,
+            out,
         )
 
     try:
@@ -265,14 +280,11 @@ async def _demo_cancel(
             category="linear", symbol=symbol, order_id=order_id, timeout=5.0, on_ack=on_ack
         )
     except BybitAPIError as exc:  # pragma: no cover - the demo expects no error
-        print(f"   error: {exc}", file=out)
+        _print(f"   error: {exc}", out)
         raise
     t1 = time.perf_counter()
     if not acked:
-        print(
-            "   ack:       retCode 110001 'Order does not exist' (ambiguous: looked it up)",
-            file=out,
-        )
-    print(f"   confirmed: {_describe(result)}", file=out)
-    print(f"   confirmed after {(t1 - t0) * 1000:.2f} ms; cancelled={result.cancelled}", file=out)
+        _print("   ack:       retCode 110001 'Order does not exist' (ambiguous: looked it up)", out)
+    _print(f"   confirmed: {_describe(result)}", out)
+    _print(f"   confirmed after {(t1 - t0) * 1000:.2f} ms; cancelled={result.cancelled}", out)
     return result

@@ -77,6 +77,32 @@ async def test_cancel_exit_0_and_json(fx: FakeExchange) -> None:
     assert SECRET not in out + err
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+async def test_a_reader_gone_does_not_change_the_exit_code(fx: FakeExchange, as_json: bool) -> None:
+    """`bybit-cancel cancel ... | head -0`: the order is cancelled, so the exit code is 0, with
+    no BrokenPipeError traceback (it used to exit 1 with one)."""
+    o = fx.seed_order()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read the output
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BYBIT_")}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bybit_cancel",
+            *cancel_args(fx, "--order-id", o.order_id, *(["--json"] if as_json else [])),
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+            env={**full_env, **CREDS},
+        )
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 25)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+    assert fx.order(o.order_id).status == "Cancelled"
+
+
 async def test_cancel_exit_3_when_filled(fx: FakeExchange) -> None:
     o = fx.seed_order()
     fx.add_fault(Fault.FILL_BEFORE_CANCEL, order_id=o.order_id)
@@ -149,6 +175,9 @@ async def test_cancel_exit_1_auth_refused(fx: FakeExchange) -> None:
             "StopOrder",
         ],
         [],
+        # An abbreviated option is refused, not taken for the one it starts (`--test`: testnet).
+        ["cancel", "--category", "linear", "--symbol", "BTCUSDT", "--order-id", "x", "--test"],
+        ["cancel", "--cat", "linear", "--symbol", "BTCUSDT", "--order-id", "x"],
     ],
 )
 def test_bad_input_exit_2(

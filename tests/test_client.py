@@ -142,7 +142,10 @@ async def test_spot_stop_order_needs_order_filter(
     with pytest.raises(BybitAPIError) as info:
         await client.cancel_order(category="spot", symbol="BTCUSDT", order_id=o.order_id, timeout=5)
     assert not isinstance(info.value, OrderNotFound)
-    assert info.value.ret_code == 170213 and "order_filter" in info.value.ret_msg
+    assert info.value.ret_code == 170213 and "order_filter" in str(info.value)
+    # Bybit's retMsg as sent (scripts match on it); the client's hint is in the message only.
+    assert info.value.ret_msg == "Order does not exist."
+    assert "yet the order is Untriggered" in str(info.value)
     r = await client.cancel_order(
         category="spot", symbol="BTCUSDT", order_id=o.order_id, order_filter="StopOrder"
     )
@@ -458,6 +461,26 @@ async def test_one_shot_helper(fx: FakeExchange) -> None:
     assert r.status is OrderStatus.CANCELLED
     assert client_tasks() == []
     await wait_until(lambda: fx.connections == 0)
+
+
+async def test_one_shot_timeout_names_the_callers_timeout(fx: FakeExchange) -> None:
+    """cancel_and_confirm's ConfirmationTimeout says the timeout the caller gave, not the part of
+    it left after connecting (which the call's own timeout was)."""
+    o = fx.seed_order()
+    fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=20)
+    with pytest.raises(ConfirmationTimeout) as info:
+        await cancel_and_confirm(
+            api_key=KEY,
+            api_secret=SECRET,
+            rest_url=fx.rest_url,
+            ws_url=fx.ws_url,
+            category="linear",
+            symbol="BTCUSDT",
+            order_id=o.order_id,
+            timeout=0.5,
+        )
+    assert info.value.timeout == 0.5 and "within 0.5s" in str(info.value)
+    assert info.value.acknowledged and info.value.may_have_landed
 
 
 async def test_already_final_resolves_at_once(fx: FakeExchange, client: BybitCancelClient) -> None:
