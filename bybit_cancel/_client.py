@@ -561,7 +561,13 @@ class BybitCancelClient:
         if outcome is not None:
             return outcome  # the order ended anyway; that is the answer
         if not (isinstance(exc, BybitError) and exc.may_have_landed):
-            raise exc
+            try:
+                raise exc
+            finally:
+                # The traceback holds this frame: without the del, the frame would hold the
+                # error and the error this frame, a cycle keeping the call's entry and frames
+                # alive until the collector ran (as after every failed send, before).
+                del exc
         # A failed send does not mean the cancel did not land (an attempt timed out, got a 5xx
         # or a server error, or its answer was unreadable): confirm before reporting anything.
         log.warning("cancel request failed (%s); the cancel may have landed, confirming", exc)
@@ -579,7 +585,10 @@ class BybitCancelClient:
         outcome = self._outcome(entry)
         if outcome is not None:
             return outcome
-        raise exc
+        try:
+            raise exc
+        finally:
+            del exc  # (no cycle through this frame, as above)
 
     async def _confirm(self, entry: Call, order_filter: str | None) -> CancelResult:
         """Wait for the push, then ask REST until final or the deadline."""

@@ -19,6 +19,7 @@ from bybit_cancel import (
     ClientClosedError,
     ConfirmationTimeout,
     ConnectionState,
+    HTTPStatusError,
     OrderNotFound,
     OrderStatus,
     cancel_and_confirm,
@@ -405,6 +406,38 @@ async def test_cancelled_and_timed_out_calls_leave_no_reference_cycle(fx: FakeEx
             "FOUND",
             [(type(o).__name__, getattr(getattr(o, "f_code", None), "co_name", "")) for o in found],
         )
+        assert found == []
+
+
+@pytest.mark.parametrize("fault", [Fault.HTTP_403, Fault.HTTP_502])
+async def test_a_failed_send_leaves_no_reference_cycle(
+    fx: FakeExchange, fault: Fault, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A send that fails for good, with nothing landed (403) or after one look found nothing
+    (a 502 with max_retries=0), raises its error without a cycle through the traceback (the
+    error -> the frame that re-raised it -> its local holding the error) keeping the entry and
+    the caller's frame alive until a collection."""
+    from bybit_cancel._call import Call
+
+    # (No warning records: a captured record would hold the error, and what it reaches, alive.)
+    caplog.set_level(logging.ERROR, logger="bybit_cancel")
+    o = fx.seed_order()
+    fx.add_fault(fault, order_id=o.order_id)
+    async with make_client(fx, push_grace=0.05, max_retries=0) as client:
+        gc.collect()
+        gc.disable()
+        try:
+            with pytest.raises(HTTPStatusError) as info:
+                await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+            assert info.value.status == (403 if fault is Fault.HTTP_403 else 502)
+            del info
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            found = [o for o in gc.garbage if _from_the_client(o, Call)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
         assert found == []
 
 
