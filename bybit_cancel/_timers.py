@@ -229,20 +229,26 @@ class Timers(Generic[E]):
         self._handle = None
         self._armed_at = math.inf
         now = self._loop.time()
-        due: list[tuple[int, E, Any]] = []
+        due: list[tuple[float, int, E, Any]] = []
         deadlines, graces, heap = self._deadlines, self._graces, self._heap
         for timeout, queue in list(deadlines.items()):
             while queue and queue[0].deadline_at <= now:
-                due.append((DEADLINE, queue.popleft(), timeout))
+                entry = queue.popleft()
+                due.append((entry.deadline_at, DEADLINE, entry, timeout))
             if not queue:
                 del deadlines[timeout]  # (a queue comes back with its timeout's next call)
         while graces and graces[0].grace_at <= now:
-            due.append((GRACE, graces.popleft(), 0))
+            entry = graces.popleft()
+            due.append((entry.grace_at, GRACE, entry, 0))
         while heap and heap[0][0] <= now:
-            _, _, kind, entry, payload = heapq.heappop(heap)
-            due.append((kind, entry, payload))
+            when, _, kind, entry, payload = heapq.heappop(heap)
+            due.append((when, kind, entry, payload))
         self._items -= len(due)
-        for kind, entry, payload in due:
+        if len(due) > 1:
+            # In the order they came due, also when a late wake-up (a busy loop) finds items of
+            # several queues due at once. (Stable: ties keep the order above.)
+            due.sort(key=_due_at)
+        for _, kind, entry, payload in due:
             if not entry.closed:
                 try:
                     self._on_due(entry, kind, payload)
@@ -255,3 +261,7 @@ class Timers(Generic[E]):
         )
         if when < math.inf:
             self._arm(max(when, now + _GRANULARITY))
+
+
+def _due_at(item: tuple[float, int, Any, Any]) -> float:
+    return item[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from typing import Any
 
 import pytest
@@ -44,6 +45,32 @@ async def test_items_fire_in_time_order_on_one_handle() -> None:
     # never more than one loop timer for all of them
     scheduled = loop._scheduled  # type: ignore[attr-defined]
     assert len([h for h in scheduled if not h.cancelled()]) <= 1
+
+
+async def test_items_due_together_fire_in_time_order() -> None:
+    """A loop that wakes late (busy with other work) finds items of several queues due at once:
+    they still run in the order they came due, not queue by queue (the test above used to fail
+    so on a loaded machine)."""
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[str, int]] = []
+    done = asyncio.Event()
+
+    def on_due(e: Pending, kind: int, payload: Any) -> None:
+        fired.append((e.order_id, kind))
+        if len(fired) == 5:
+            done.set()
+
+    timers: Timers[Pending] = Timers(loop, on_due)
+    now = loop.time()
+    a, b, c, d = entry("a"), entry("b"), entry("c"), entry("d")
+    timers.add_deadline(a, now + 0.05, 0.05)
+    timers.add_deadline(b, now + 0.02, 0.02)
+    timers.add_grace(c, now + 0.01)
+    timers.add(now + 0.03, GRACE, a, "payload")
+    timers.add(now + 0.04, GRACE, d, "payload")
+    time.sleep(0.1)  # noqa: ASYNC251 (on purpose: the loop is busy past every item's time)
+    await asyncio.wait_for(done.wait(), 2)
+    assert fired == [("c", GRACE), ("b", DEADLINE), ("a", GRACE), ("d", GRACE), ("a", DEADLINE)]
 
 
 async def test_closed_entries_do_not_fire() -> None:
