@@ -30,7 +30,7 @@ from typing import Any, Self, TypeVar
 import aiohttp
 
 from ._call import DONE, Call, wake_all
-from ._core import CancelTracker
+from ._core import ACKNOWLEDGED, CancelTracker
 from ._exceptions import (
     FINISHED_RET_CODES,
     NOT_FOUND_RET_CODES,
@@ -105,6 +105,19 @@ def validate_cancel(
     timeout: float,
 ) -> dict[str, str]:
     """Check a cancel's arguments and build the request body. Raises ``ValueError``; no I/O."""
+    _check_order(category, symbol, order_id, order_link_id)
+    _check_options(category, order_filter, timeout)
+    # (The link id only when there is no order id: the id wins on Bybit.)
+    return _body(
+        category, symbol, order_id or "", "" if order_id else order_link_id or "", order_filter
+    )
+
+
+def _check_order(
+    category: str, symbol: str, order_id: str | None, order_link_id: str | None
+) -> None:
+    """The order half of :func:`validate_cancel` (cancel_order calls the halves itself: a call
+    with fewer arguments keeps a smaller frame for every parked cancel, item 32)."""
     # (The common case passes each test with one check: the messages are sorted out after.)
     if category not in CATEGORIES:
         if not category:
@@ -125,6 +138,10 @@ def validate_cancel(
         isinstance(order_link_id, str) and _LINK_ID.fullmatch(order_link_id)
     ):
         raise ValueError("order_link_id must be 1-36 characters of letters, digits, '-' or '_'")
+
+
+def _check_options(category: str, order_filter: str | None, timeout: float) -> None:
+    """The rest of :func:`validate_cancel`: the spot order filter and the timeout."""
     if order_filter is not None:
         if category != "spot":
             raise ValueError("order_filter applies to spot orders only")
@@ -138,10 +155,16 @@ def validate_cancel(
         raise ValueError(
             f"timeout must be a positive number of seconds, at most 1e9, got {timeout!r}"
         )
+
+
+def _body(
+    category: str, symbol: str, order_id: str, order_link_id: str, order_filter: str | None
+) -> dict[str, str]:
+    """The cancel request's body: one id, the order id when there is one (it wins on Bybit)."""
     body = {"category": category, "symbol": symbol}
     if order_id:
         body["orderId"] = order_id
-    if order_link_id:
+    else:
         body["orderLinkId"] = order_link_id
     if order_filter is not None:
         body["orderFilter"] = order_filter
@@ -430,49 +453,37 @@ class BybitCancelClient:
             RuntimeError: the client is not open.
             BybitError: the stream task crashed (a bug); the client is then unusable.
         """
-        body = validate_cancel(
-            category=category,
-            symbol=symbol,
-            order_id=order_id,
-            order_link_id=order_link_id,
-            order_filter=order_filter,
-            timeout=timeout,
-        )
-        entry = self._begin(category, symbol, order_id, order_link_id, timeout)
+        # This frame stays alive while the call is parked: it keeps few locals on purpose (each
+        # name is 8 bytes in every parked call; hence no `except ... as exc`, no `outcome`, and
+        # the request and its ack in _send's frame, which ends before the park), and no call in
+        # it takes more than four arguments (a call's arguments sit on the frame's stack, whose
+        # deepest point is also kept in every parked call). performance.md item 32.
+        _check_order(category, symbol, order_id, order_link_id)
+        _check_options(category, order_filter, timeout)
+        entry = self._begin(category, symbol, order_id, order_link_id)
         if isinstance(entry, CancelResult):
             return entry  # the order had already ended: no request
-        # This frame stays alive while the call is parked: it keeps few locals on purpose (each
-        # name is 8 bytes in every parked call; hence no `except ... as exc` and no `outcome`).
+        self._arm(entry, timeout)
         try:
-            # The fast path, in this one frame: send, note the ack, park until the push.
+            # The fast path: send and note the ack (_send), park until the push.
             entry.owner = asyncio.current_task()
             try:
-                # (`_rest` is set while the client is open, which _begin checked.)
-                ack = (await self._rest.cancel(body)).result or _NO_ACK  # type: ignore[union-attr]
+                await self._send(entry, order_filter, on_ack)
             except Exception:
                 entry.owner = None
+                if entry._flags & ACKNOWLEDGED:
+                    raise  # on_ack's own error: Bybit had acknowledged, nothing failed to send
                 return await self._after_send_error(entry, _handled(), order_filter)
-            entry.owner = None
-            if on_ack is not None:
-                on_ack(ack.order_id, ack.order_link_id)
-                on_ack = None  # not kept alive while parked
-            if entry.final is None and entry.error is None:
-                # Sets `final` if the push beat the ack (then there is nothing to wait for).
-                self._tracker.acknowledge(
-                    entry,
-                    order_id=ack.order_id,
-                    order_link_id=ack.order_link_id,
-                    now=time.monotonic(),
-                )
-                del ack, body  # nothing of the request stays alive while parked
-                if entry.final is None and not entry._flags & DONE:  # (entry.done(), inlined)
-                    self._park_first(entry)
-                    await entry  # the entry is its own waiter (see _call.py)
-                if entry.final is not None and entry.error is None:
-                    try:
-                        return entry.final.result()  # the common end: the push confirmed it
-                    except (ArithmeticError, ValueError):
-                        pass  # malformed: _outcome() below raises the proper error
+            on_ack = None  # not kept alive while parked
+            # (`final` is set if the push beat the ack: then there is nothing to wait for.)
+            if entry.final is None and entry.error is None and not entry._flags & DONE:
+                self._park_first(entry)
+                await entry  # the entry is its own waiter (see _call.py)
+            if entry.final is not None and entry.error is None:
+                try:
+                    return entry.final.result()  # the common end: the push confirmed it
+                except (ArithmeticError, ValueError):
+                    pass  # malformed: _outcome() below raises the proper error
             # (A CancelResult is always true.) No outcome yet: no push within the grace, a lost
             # push or a dead stream.
             return self._outcome(entry) or await self._await_final(entry, order_filter)
@@ -482,34 +493,50 @@ class BybitCancelClient:
             self._end(entry)
 
     def _begin(
-        self,
-        category: str,
-        symbol: str,
-        order_id: str | None,
-        order_link_id: str | None,
-        timeout: float,
+        self, category: str, symbol: str, order_id: str | None, order_link_id: str | None
     ) -> Call | CancelResult:
-        """Register a cancel before its request is sent, and arm its deadline."""
+        """Register a cancel before its request is sent (then :meth:`_arm` its deadline)."""
         if self._state is not _State.OPEN:
             raise RuntimeError("the client is not open: use `async with BybitCancelClient(...)`")
         if self._failure is not None:
             raise _fresh(self._failure)
-        loop = self._loop
-        timers = self._timers
-        assert loop is not None and timers is not None
         # (The link id only when there is no order id: the id wins on Bybit.)
-        entry = self._tracker.start(
+        return self._tracker.start(
             Call(category, symbol, order_id or "", "" if order_id else order_link_id or ""),
             now=time.monotonic(),
         )
-        if not isinstance(entry, CancelResult):
-            # The whole call is bounded by one shared timer (see _timers.py), not asyncio.timeout.
-            try:
-                timers.add_deadline(entry, loop.time() + timeout, timeout)
-            except BaseException:
-                self._end(entry)  # not left registered (validation keeps this from happening)
-                raise
-        return entry
+
+    def _arm(self, entry: Call, timeout: float) -> None:
+        """Bound the whole call by one shared timer (see _timers.py), not asyncio.timeout."""
+        loop, timers = self._loop, self._timers
+        assert loop is not None and timers is not None  # (open: _begin checked)
+        try:
+            timers.add_deadline(entry, loop.time() + timeout, timeout)
+        except BaseException:
+            self._end(entry)  # not left registered (validation keeps this from happening)
+            raise
+
+    async def _send(
+        self, entry: Call, order_filter: str | None, on_ack: Callable[[str, str], None] | None
+    ) -> None:
+        """Send the cancel and note Bybit's acknowledgement. Its own frame, which ends before the
+        call parks: the request and the ack are not kept while parked. Marks the entry
+        acknowledged before calling ``on_ack``, so that an error of ``on_ack`` is told from a
+        failed send."""
+        body = _body(
+            entry.category, entry.symbol, entry.order_id, entry.order_link_id, order_filter
+        )
+        # (`_rest` is set while the client is open, which _begin checked.)
+        ack = (await self._rest.cancel(body)).result or _NO_ACK  # type: ignore[union-attr]
+        entry.owner = None
+        entry._flags |= ACKNOWLEDGED
+        if on_ack is not None:
+            on_ack(ack.order_id, ack.order_link_id)
+        if entry.final is None and entry.error is None:
+            # Learns the order id (a cancel by link id); sets `final` if the push beat the ack.
+            self._tracker.acknowledge(
+                entry, order_id=ack.order_id, order_link_id=ack.order_link_id, now=time.monotonic()
+            )
 
     def _park_first(self, entry: Call) -> None:
         timers, loop = self._timers, self._loop

@@ -57,6 +57,42 @@ async def test_confirm_by_order_link_id(fx: FakeExchange, client: BybitCancelCli
     assert b'"orderLinkId":"my-quote-17"' in sent.body and b"orderId" not in sent.body
 
 
+async def test_both_ids_given_the_order_id_wins(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """Given both ids, the order id is the one acted on and sent (it wins on Bybit)."""
+    o = fx.seed_order(order_link_id="mine-1")
+    other = fx.seed_order(order_link_id="mine-2")
+    r = await client.cancel_order(
+        category="linear", symbol="BTCUSDT", order_id=o.order_id, order_link_id="mine-2"
+    )
+    assert r.status is OrderStatus.CANCELLED and r.order_id == o.order_id
+    assert fx.order(other.order_id).status == "New"
+    sent = [x for x in fx.requests if x.path == "/v5/order/cancel"][-1]
+    assert o.order_id.encode() in sent.body and b"orderLinkId" not in sent.body
+
+
+async def test_an_on_ack_error_propagates_as_is(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """An exception raised by on_ack comes out of cancel_order unchanged (the docstring's
+    promise), not taken for a failed send: no confirming, nothing left pending."""
+    o = fx.seed_order()
+    boom = KeyError("the bot's own bug")
+
+    def on_ack(order_id: str, order_link_id: str) -> None:
+        assert order_id == o.order_id
+        raise boom
+
+    with pytest.raises(KeyError) as info:
+        await client.cancel_order(
+            category="linear", symbol="BTCUSDT", order_id=o.order_id, on_ack=on_ack
+        )
+    assert info.value is boom
+    assert client.pending_count == 0
+    assert [r.path for r in fx.requests if r.path.startswith("/v5/order/")] == ["/v5/order/cancel"]
+
+
 async def test_push_before_ack(fx: FakeExchange, client: BybitCancelClient) -> None:
     """A final push written before the REST ack is not lost."""
     o = fx.seed_order()

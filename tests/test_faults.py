@@ -159,8 +159,9 @@ async def test_a_reconnect_looks_up_only_the_cancels_pending_across_it(fx: FakeE
         await wait_until(lambda: cancel_requests(fx) == 1 and client.pending_count == 1)
         client._on_reconnected()  # as the stream calls it once a new connection is subscribed
         # Registered in the same step, before the lookup task first runs.
-        late = client._begin("linear", "BTCUSDT", after.order_id, None, 10.0)
+        late = client._begin("linear", "BTCUSDT", after.order_id, None)
         assert not isinstance(late, CancelResult)
+        client._arm(late, 10.0)
         reconcile = client._reconcile_task
         assert reconcile is not None
         await asyncio.wait_for(reconcile, 5)

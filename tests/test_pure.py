@@ -420,14 +420,16 @@ def test_body_built_in_bybit_names() -> None:
     body = validate_cancel(
         **{**GOOD, "category": "spot", "order_link_id": "L-1", "order_filter": "tpslOrder"}  # type: ignore[arg-type]
     )
+    # One id: the order id wins on Bybit when both are given, so only it is sent.
     assert body == {
         "category": "spot",
         "symbol": "BTCUSDT",
         "orderId": "x",
-        "orderLinkId": "L-1",
         "orderFilter": "tpslOrder",
     }
     assert msgspec.json.encode(body).startswith(b'{"category":"spot"')
+    by_link = validate_cancel(**{**GOOD, "order_id": None, "order_link_id": "L-1"})  # type: ignore[arg-type]
+    assert by_link == {"category": "linear", "symbol": "BTCUSDT", "orderLinkId": "L-1"}
 
 
 # ----------------------------------------------------------------------------------- exports
