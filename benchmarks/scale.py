@@ -5,11 +5,13 @@
 
 1. N concurrent ``cancel_order`` awaits (one caller task each, ``asyncio.gather``), fake with zero
    delay: wall time, the fake process's CPU time while serving them, tasks alive beyond the
-   callers at the peak. bybit_cancel and the hand-written floor, alternately, median of rounds.
+   callers at the peak (looked at every 0.25 s). bybit_cancel and the hand-written floor,
+   alternately; the verdict is the median of each round's ratio.
 2. The same N parked (acknowledged, the fake holding the pushes): tracemalloc and RSS growth per
    pending cancel (caller task included), and tasks alive beyond the callers: there must be none.
 3. A burst of B cancels through a bounded number of callers (N in flight at most): throughput,
-   confirm p50/p99 and RSS sampled along the way; memory must stay flat after the first quarter.
+   confirm p50/p99 and RSS sampled along the way; memory must stay flat after the first quarter
+   (at most 64 B of RSS per cancel over the rest).
 
 Targets: all N confirmed; no task per cancel; memory per pending <= 1.1 x the floor's; wall time
 <= 1.1 x the floor's.
@@ -32,6 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._clients import Floor, Ours
 from benchmarks._common import machine, median, pct, peak_rss_mb, run, verdict
 from benchmarks._fake import FakeHandle
+
+# How often the concurrent run looks at the tasks alive (seconds).
+_SAMPLE_EVERY = 0.25
+# The burst's memory must stay flat after its first quarter: RSS may grow by at most this much
+# per cancel over the rest (pages come and go in steps; a leak of a call's worth of memory, about
+# 1 kB, per cancel would show at once).
+_BURST_GROWTH_PER_CANCEL = 64
 
 
 def rss_mb() -> float:
@@ -60,24 +69,30 @@ async def concurrent(fake: FakeHandle, book: int, client: Any, n: int) -> dict[s
     before = asyncio.all_tasks()
     gc.collect()
     cpu0 = (await fake.call("cpu"))["cpu"]
+    peak = {"extra": 0, "lib": 0}
+
+    async def sample() -> None:
+        # Tasks alive, now and then: each look walks every task (a few ms with 10,000 callers),
+        # so it is rare and the same for both clients, and the callers are simply gathered.
+        while True:
+            await asyncio.sleep(_SAMPLE_EVERY)
+            peak["extra"] = max(peak["extra"], extra_tasks(callers, before | {sampler}))
+            peak["lib"] = max(peak["lib"], library_tasks(before | callers | {sampler}))
+
     t0 = time.perf_counter()
     callers = {asyncio.ensure_future(client.cancel(oid)) for oid in ids}
-    peak_extra = peak_lib = 0
-    while True:
-        done, _ = await asyncio.wait(callers, timeout=0.05)
-        if len(done) == len(callers):
-            break
-        peak_extra = max(peak_extra, extra_tasks(callers, before))
-        peak_lib = max(peak_lib, library_tasks(before | callers))
+    sampler = asyncio.ensure_future(sample())
+    await asyncio.gather(*callers, return_exceptions=True)
     wall = time.perf_counter() - t0
+    sampler.cancel()
     fake_cpu = (await fake.call("cpu"))["cpu"] - cpu0
     confirmed = sum(1 for t in callers if t.exception() is None)
     return {
         "wall": wall,
         "fake_cpu": fake_cpu,
         "confirmed": confirmed,
-        "extra": peak_extra,
-        "lib": peak_lib,
+        "extra": peak["extra"],
+        "lib": peak["lib"],
     }
 
 
@@ -210,21 +225,47 @@ async def scale(n: int, total: int, rounds: int, inproc: bool, uvloop: bool, pin
         o["lib"] == 0 and park["bybit_cancel"]["extra"] == 0 and o["extra"] <= max(f["extra"], 100)
     )
     mem_ratio = park["bybit_cancel"]["bytes"] / park["floor"]["bytes"]
-    wall_ratio = o["wall"] / f["wall"]
-    growth = (b["rss"][-1] - b["rss"][0]) / b["rss"][0] if len(b["rss"]) == 4 else float("inf")
-    ok_burst = len(b["times"]) == total and growth <= 0.10 and pending_after == 0
+    # Each round's two runs are seconds apart, and this VM's speed drifts over minutes: the
+    # median of the rounds' own ratios, not a ratio of medians.
+    ratios = [
+        a["wall"] / z["wall"] for a, z in zip(conc["bybit_cancel"], conc["floor"], strict=True)
+    ]
+    wall_ratio = median(ratios)
+    # Growth after the first quarter, per cancel (absolute: against a process of a few hundred
+    # MiB, a relative bound would let a leak of hundreds of bytes per cancel through).
+    growth = (
+        (b["rss"][-1] - b["rss"][0]) * 2**20 / (total - total // 4)
+        if len(b["rss"]) == 4
+        else float("inf")
+    )
+    ok_burst = (
+        len(b["times"]) == total and growth <= _BURST_GROWTH_PER_CANCEL and pending_after == 0
+    )
     print(f"{verdict(ok_all)} all {n} confirmed")
     print(
         f"{verdict(ok_tasks)} no task per cancel: {o['lib']:.0f} bybit_cancel tasks at the peak, "
         f"{park['bybit_cancel']['extra']:.0f} extra with {n} parked, {o['extra']:.0f} aiohttp "
         f"writers in flight (floor {f['extra']:.0f})"
     )
-    print(f"{verdict(mem_ratio <= 1.1)} memory per pending cancel {mem_ratio:.2f} x floor (<= 1.1)")
-    print(f"{verdict(wall_ratio <= 1.1)} wall time {wall_ratio:.2f} x floor (<= 1.1)")
+    if inproc:
+        # tracemalloc counts the whole process: the fake's own state per parked cancel too.
+        print(
+            f"INFO memory per pending cancel {mem_ratio:.2f} x floor: not judged with --inproc "
+            "(the fake's allocations are counted as well)"
+        )
+        ok_mem = True
+    else:
+        ok_mem = mem_ratio <= 1.1
+        print(f"{verdict(ok_mem)} memory per pending cancel {mem_ratio:.2f} x floor (<= 1.1)")
     print(
-        f"{verdict(ok_burst)} burst of {total}: RSS growth after the first quarter {growth:+.1%} (<= 10%)"
+        f"{verdict(wall_ratio <= 1.1)} wall time {wall_ratio:.2f} x floor, median of the rounds' "
+        f"ratios (they ranged {min(ratios):.2f}-{max(ratios):.2f}; <= 1.1)"
     )
-    return ok_all and ok_tasks and mem_ratio <= 1.1 and wall_ratio <= 1.1 and ok_burst
+    print(
+        f"{verdict(ok_burst)} burst of {total}: RSS growth after the first quarter "
+        f"{growth:+.0f} B per cancel (<= {_BURST_GROWTH_PER_CANCEL})"
+    )
+    return ok_all and ok_tasks and ok_mem and wall_ratio <= 1.1 and ok_burst
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("-n", type=int, default=10_000, help="concurrent cancels")
     p.add_argument("--burst", type=int, default=100_000, help="cancels in the burst")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--inproc", action="store_true", help="run the fake in this process")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--inproc",
+        action="store_true",
+        help="run the fake in this process (memory per pending is then not judged)",
+    )
     p.add_argument("--no-pin", action="store_true", help="leave the fake and clients unpinned")
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)
