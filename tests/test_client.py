@@ -7,6 +7,7 @@ import contextvars
 import gc
 import logging
 import types
+from collections.abc import Awaitable
 from decimal import Decimal
 
 import aiohttp
@@ -16,6 +17,7 @@ from bybit_cancel import (
     AuthenticationError,
     BybitAPIError,
     BybitCancelClient,
+    CancelResult,
     ClientClosedError,
     ConfirmationTimeout,
     ConnectionState,
@@ -401,11 +403,25 @@ def _from_the_client(obj: object, call_type: type) -> bool:
     return False
 
 
+def _client_garbage() -> list[object]:
+    """After running with the collector off: one collection, keeping what it finds, and the
+    client's share of that (then the collector is back on)."""
+    from bybit_cancel._call import Call
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return [o for o in gc.garbage if _from_the_client(o, Call)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
 async def test_cancelled_and_timed_out_calls_leave_no_reference_cycle(fx: FakeExchange) -> None:
     """A cancelled caller, and one whose deadline fired, leave nothing for the cycle collector:
     no cycle through the raised error's traceback (error -> frame -> error) keeps the entry,
     the caller's task or the client alive until a collection."""
-    from bybit_cancel._call import Call
 
     orders = [fx.seed_order() for _ in range(4)]
     for o in orders:
@@ -431,13 +447,8 @@ async def test_cancelled_and_timed_out_calls_leave_no_reference_cycle(fx: FakeEx
             results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
             assert [type(r) for r in results] == [asyncio.CancelledError, ConfirmationTimeout] * 2
             del tasks, results, t
-            gc.set_debug(gc.DEBUG_SAVEALL)  # keep what a collection finds, to look at it
-            gc.collect()
-            found = [o for o in gc.garbage if _from_the_client(o, Call)]
         finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+            found = _client_garbage()
         print(
             "FOUND",
             [(type(o).__name__, getattr(getattr(o, "f_code", None), "co_name", "")) for o in found],
@@ -453,7 +464,6 @@ async def test_a_failed_send_leaves_no_reference_cycle(
     (a 502 with max_retries=0), raises its error without a cycle through the traceback (the
     error -> the frame that re-raised it -> its local holding the error) keeping the entry and
     the caller's frame alive until a collection."""
-    from bybit_cancel._call import Call
 
     # (No warning records: a captured record would hold the error, and what it reaches, alive.)
     caplog.set_level(logging.ERROR, logger="bybit_cancel")
@@ -467,13 +477,8 @@ async def test_a_failed_send_leaves_no_reference_cycle(
                 await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
             assert info.value.status == (403 if fault is Fault.HTTP_403 else 502)
             del info
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            gc.collect()
-            found = [o for o in gc.garbage if _from_the_client(o, Call)]
         finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+            found = _client_garbage()
         assert found == []
 
 
@@ -514,19 +519,31 @@ async def test_caller_owned_session_left_open(fx: FakeExchange) -> None:
             assert resp.status == 200
 
 
-async def test_one_shot_helper(fx: FakeExchange) -> None:
-    """cancel_and_confirm opens, cancels, confirms and closes."""
-    o = fx.seed_order(category="inverse", symbol="BTCUSD")
-    r = await cancel_and_confirm(
+def one_shot(
+    fx: FakeExchange,
+    order_id: str,
+    *,
+    category: str = "linear",
+    symbol: str = "BTCUSDT",
+    timeout: float = 5,
+) -> Awaitable[CancelResult]:
+    """cancel_and_confirm against the fake."""
+    return cancel_and_confirm(
         api_key=KEY,
         api_secret=SECRET,
         rest_url=fx.rest_url,
         ws_url=fx.ws_url,
-        category="inverse",
-        symbol="BTCUSD",
-        order_id=o.order_id,
-        timeout=5,
+        category=category,
+        symbol=symbol,
+        order_id=order_id,
+        timeout=timeout,
     )
+
+
+async def test_one_shot_helper(fx: FakeExchange) -> None:
+    """cancel_and_confirm opens, cancels, confirms and closes."""
+    o = fx.seed_order(category="inverse", symbol="BTCUSD")
+    r = await one_shot(fx, o.order_id, category="inverse", symbol="BTCUSD")
     assert r.status is OrderStatus.CANCELLED
     assert client_tasks() == []
     await wait_until(lambda: fx.connections == 0)
@@ -538,16 +555,7 @@ async def test_one_shot_timeout_names_the_callers_timeout(fx: FakeExchange) -> N
     o = fx.seed_order()
     fx.add_fault(Fault.DELAY_PUSH, order_id=o.order_id, delay=20)
     with pytest.raises(ConfirmationTimeout) as info:
-        await cancel_and_confirm(
-            api_key=KEY,
-            api_secret=SECRET,
-            rest_url=fx.rest_url,
-            ws_url=fx.ws_url,
-            category="linear",
-            symbol="BTCUSDT",
-            order_id=o.order_id,
-            timeout=0.5,
-        )
+        await one_shot(fx, o.order_id, timeout=0.5)
     assert info.value.timeout == 0.5 and "within 0.5s" in str(info.value)
     assert info.value.acknowledged and info.value.may_have_landed
 
