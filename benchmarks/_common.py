@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import random
 import resource
 import statistics
 import sys
@@ -27,6 +28,37 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def interval(
+    resampled: Callable[[random.Random], float], rounds: int = 1000, seed: int = 20261201
+) -> tuple[float, float]:
+    """A 95 % bootstrap interval: the 2.5th and 97.5th percentiles of ``resampled(rng)`` over
+    ``rounds`` draws (seeded: the same figures give the same interval)."""
+    rng = random.Random(seed)
+    draws = sorted(resampled(rng) for _ in range(rounds))
+    return draws[int(0.025 * rounds)], draws[int(0.975 * rounds) - 1]
+
+
+def paired_ratio_interval(
+    ours: Sequence[float], base: Sequence[float], stat: Callable[[Sequence[float]], float]
+) -> tuple[float, float]:
+    """A 95 % interval for ``stat(ours) / stat(base)`` where ``ours[i]`` and ``base[i]`` ran
+    together (one interleaved iteration): pairs are resampled whole, so the drift of this VM,
+    which a pair shares, stays out of the interval's width."""
+    n = len(ours)
+
+    def draw(rng: random.Random) -> float:
+        picks = [rng.randrange(n) for _ in range(n)]
+        return stat([ours[i] for i in picks]) / stat([base[i] for i in picks])
+
+    return interval(draw)
+
+
+def median_interval(values: Sequence[float]) -> tuple[float, float]:
+    """A 95 % interval for the median of ``values`` (e.g. the rounds' own ratios)."""
+    n = len(values)
+    return interval(lambda rng: median([values[rng.randrange(n)] for _ in range(n)]))
 
 
 def machine() -> str:

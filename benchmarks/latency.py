@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._clients import Ccxt, Floor, Ours, Pybit
-from benchmarks._common import machine, median, pct, run, verdict
+from benchmarks._common import machine, median, paired_ratio_interval, pct, run, verdict
 from benchmarks._fake import FakeHandle
 
 
@@ -109,6 +109,14 @@ async def latency(n: int, warmup: int, peers: bool, inproc: bool, uvloop: bool, 
     ok50, ok99 = r50 <= 1.05, r99 <= 1.2
     print(f"{verdict(ok50)} median confirm {r50:.3f} x floor (target <= 1.05)")
     print(f"{verdict(ok99)} p99 confirm    {r99:.3f} x floor (target <= 1.2)")
+    # How sure each verdict is: the run's iterations resampled in pairs (ours and the floor's
+    # cancel of one iteration ran milliseconds apart).
+    lo50, hi50 = paired_ratio_interval(ours, floor, median)
+    lo99, hi99 = paired_ratio_interval(ours, floor, lambda v: pct(v, 99))
+    print(
+        f"INFO 95 % bootstrap intervals over the iterations: median {lo50:.3f}-{hi50:.3f} x, "
+        f"p99 {lo99:.3f}-{hi99:.3f} x the floor's"
+    )
     for name in ("ccxt", "pybit"):
         if name in confirm:
             print(f"INFO {name} median confirm is {median(confirm[name]) / ours_med:.2f} x ours")

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msgspec
 
 from benchmarks._clients import FINAL, Floor, Ours
-from benchmarks._common import machine, median, run, verdict
+from benchmarks._common import machine, median, median_interval, run, verdict
 from benchmarks._fake import FakeHandle
 from bybit_cancel import BybitCancelClient
 from bybit_cancel._call import Call
@@ -333,6 +333,7 @@ async def loopback(
             ratios = [o[0] / f[0] for o, f in zip(ours_runs, floor_runs, strict=True)]
             out[per_frame]["ratio"] = (median(ratios), 0.0)
             out[per_frame]["spread"] = (min(ratios), max(ratios))
+            out[per_frame]["interval"] = median_interval(ratios)
     finally:
         await ours.close()
         await floor.close()
@@ -417,6 +418,13 @@ async def throughput(
         print(
             f"{verdict(ratio >= 0.95)} {pf:>2}/frame: {ratio:.3f} x the floor's frames/s, median of "
             f"the rounds' ratios (they ranged {low:.2f}-{high:.2f}; target >= 0.95)"
+        )
+    for pf, by in lb.items():
+        lo, hi = by["interval"]
+        cpu = by["bybit_cancel"][1] / by["floor"][1]
+        print(
+            f"INFO {pf:>2}/frame: 95 % bootstrap interval of that median {lo:.3f}-{hi:.3f} x; "
+            f"CPU per frame {cpu:.3f} x the floor's (medians)"
         )
     print(
         f"(c) in process, one core: {ws_n} parked cancel_order calls resumed by routed pushes, "
