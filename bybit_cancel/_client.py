@@ -63,6 +63,9 @@ _LINK_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
 _SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9_.-]{0,63}")
 _ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NUMBER = (int, float)  # (built once: `int | float` would build a union on every call)
+# The longest duration accepted (about 31 years): any longer one is "never" in practice, and the
+# timers' millisecond arithmetic on loop time + duration must stay finite.
+MAX_SECONDS = 1e9
 
 
 def _is_seconds(value: object) -> bool:
@@ -73,10 +76,6 @@ def _is_seconds(value: object) -> bool:
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
-
-# The longest duration accepted (about 31 years): any longer one is "never" in practice, and the
-# timers' millisecond arithmetic on loop time + duration must stay finite.
-MAX_SECONDS = 1e9
 
 _NO_ACK = CancelAck()
 R = TypeVar("R")

@@ -1429,7 +1429,7 @@ class FakeExchange:
         """
         if request.body_exists:
             # protocol §1 "HTTP status codes": a GET sent with a JSON body, even an empty one,
-            # gets 403 (from Bybit's gateway, before any check of the request itself).
+            # gets 403. (Checked first here: the docs do not say which check Bybit makes first.)
             return web.Response(status=403, text="403 Forbidden")
         query = request.raw_path.partition("?")[2]
         try:
