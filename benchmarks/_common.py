@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import math
 import platform
 import random
 import resource
@@ -10,6 +12,46 @@ import statistics
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a count of cancels, rounds, samples)."""
+    return _whole(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0 (a warm-up, which may be skipped)."""
+    return _whole(text, 0)
+
+
+def _whole(text: str, least: int) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    """argparse type: a number from 0 to 1 (a rate)."""
+    return _real(text, lambda v: 0 <= v <= 1, "from 0 to 1")
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    return _real(text, lambda v: 0 < v < math.inf, "a positive number of seconds")
+
+
+def _real(text: str, ok: Callable[[float], bool], what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not ok(value):  # (NaN fails every comparison)
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
 
 
 def peak_rss_mb() -> float:

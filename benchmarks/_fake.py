@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import positive_int
 from bybit_cancel.testing import FakeExchange
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,7 +259,7 @@ async def _serve(count: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--books", type=int, default=1)
+    p.add_argument("--books", type=positive_int, default=1)
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)
     if a.uvloop:

@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._clients import Floor, Ours
-from benchmarks._common import machine, run
+from benchmarks._common import machine, non_negative_int, positive_int, run
 from benchmarks._fake import FakeHandle
 
 _PACKAGES = ("aiohttp", "asyncio", "websockets", "yarl", "multidict")
@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-n", type=int, default=300, help="counted cancels per client")
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--top", type=int, default=12, help="list this many functions of own code")
+    p.add_argument("-n", type=positive_int, default=300, help="counted cancels per client")
+    p.add_argument("--warmup", type=non_negative_int, default=50)
+    p.add_argument(
+        "--top", type=positive_int, default=12, help="list this many functions of own code"
+    )
     a = p.parse_args(argv)
     return run(lambda: bytecodes(a.n, a.warmup, a.top), False)
 

@@ -22,7 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import machine, median, pct, peak_rss_mb, run, verdict
+from benchmarks._common import (
+    machine,
+    median,
+    pct,
+    peak_rss_mb,
+    positive_int,
+    positive_seconds,
+    probability,
+    run,
+    verdict,
+)
 from bybit_cancel import BybitCancelClient, CancelResult
 from bybit_cancel.testing import FakeExchange, Fault
 
@@ -170,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-n", type=int, default=5000)
-    p.add_argument("--rate", type=float, default=0.2)
+    p.add_argument("-n", type=positive_int, default=5000)
+    p.add_argument("--rate", type=probability, default=0.2)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--timeout", type=positive_seconds, default=30.0)
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)
     return run(lambda: chaos(a.n, a.rate, a.seed, a.timeout), a.uvloop)

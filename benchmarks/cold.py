@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import machine, median
+from benchmarks._common import machine, median, positive_int
 from bybit_cancel._client import validate_cancel
 from bybit_cancel._signing import Credentials, RestSigner
 
@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-n", type=int, default=300, help="samples of each, cold and warm")
-    p.add_argument("--evict-mb", type=int, default=16, help="memory touched before a cold call")
+    p.add_argument("-n", type=positive_int, default=300, help="samples of each, cold and warm")
+    p.add_argument(
+        "--evict-mb", type=positive_int, default=16, help="memory touched before a cold call"
+    )
     a = p.parse_args(argv)
     evict = bytearray(a.evict_mb * 2**20)
     print(

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._clients import Floor, Ours
-from benchmarks._common import machine
+from benchmarks._common import machine, positive_int
 from benchmarks._fake import FakeHandle
 from benchmarks.throughput import park_and_release
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-n", type=int, default=1000, help="parked cancels per round")
+    p.add_argument("-n", type=positive_int, default=1000, help="parked cancels per round")
     p.add_argument("--per-frame", type=int, default=1, choices=(1, 10))
     p.add_argument("--dry", action="store_true", help="run the work without valgrind")
     p.add_argument("--child", choices=("bybit_cancel", "floor"), help=argparse.SUPPRESS)

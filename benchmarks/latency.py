@@ -27,7 +27,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._clients import Ccxt, Floor, Ours, Pybit
-from benchmarks._common import machine, median, paired_ratio_interval, pct, run, verdict
+from benchmarks._common import (
+    machine,
+    median,
+    non_negative_int,
+    paired_ratio_interval,
+    pct,
+    positive_int,
+    run,
+    verdict,
+)
 from benchmarks._fake import FakeHandle
 
 
@@ -127,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-n", type=int, default=2000, help="timed cancels per client")
-    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("-n", type=positive_int, default=2000, help="timed cancels per client")
+    p.add_argument("--warmup", type=non_negative_int, default=200)
     p.add_argument("--no-peers", action="store_true", help="only bybit_cancel and the floor")
     p.add_argument("--inproc", action="store_true", help="run the fake in this process")
     p.add_argument("--no-pin", action="store_true", help="leave the fake and clients unpinned")

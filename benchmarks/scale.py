@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._clients import Floor, Ours
-from benchmarks._common import machine, median, pct, peak_rss_mb, run, verdict
+from benchmarks._common import machine, median, pct, peak_rss_mb, positive_int, run, verdict
 from benchmarks._fake import FakeHandle
 
 # How often the concurrent run looks at the tasks alive (seconds).
@@ -272,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-n", type=int, default=10_000, help="concurrent cancels")
-    p.add_argument("--burst", type=int, default=100_000, help="cancels in the burst")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("-n", type=positive_int, default=10_000, help="concurrent cancels")
+    p.add_argument("--burst", type=positive_int, default=100_000, help="cancels in the burst")
+    p.add_argument("--rounds", type=positive_int, default=5)
     p.add_argument(
         "--inproc",
         action="store_true",

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msgspec
 
 from benchmarks._clients import FINAL, Floor, Ours
-from benchmarks._common import machine, median, median_interval, run, verdict
+from benchmarks._common import machine, median, median_interval, positive_int, run, verdict
 from benchmarks._fake import FakeHandle
 from bybit_cancel import BybitCancelClient
 from bybit_cancel._call import Call
@@ -445,12 +445,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-n", type=int, default=100_000, help="order updates per round, in process")
-    p.add_argument("--ws-n", type=int, default=3_000, help="parked cancels per loopback round")
-    p.add_argument("--rounds", type=int, default=5, help="rounds in process")
+    p.add_argument(
+        "-n", type=positive_int, default=100_000, help="order updates per round, in process"
+    )
+    p.add_argument(
+        "--ws-n", type=positive_int, default=3_000, help="parked cancels per loopback round"
+    )
+    p.add_argument("--rounds", type=positive_int, default=5, help="rounds in process")
     # Many short rounds: each round's two runs are close in time, and the median of 11 ratios
     # moves less with this VM's drift than that of a few long ones.
-    p.add_argument("--ws-rounds", type=int, default=11, help="rounds over the loopback")
+    p.add_argument("--ws-rounds", type=positive_int, default=11, help="rounds over the loopback")
     p.add_argument("--inproc", action="store_true", help="run the fake in this process")
     p.add_argument("--no-pin", action="store_true", help="leave the fake and clients unpinned")
     p.add_argument("--uvloop", action="store_true")

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import machine, median, run
+from benchmarks._common import machine, median, positive_int, run
 from bybit_cancel._call import Call
 from bybit_cancel._core import Pending
 
@@ -149,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("-n", type=int, default=20_000, help="parked callers per memory round")
-    p.add_argument("--wakes", type=int, default=3_000, help="wake-ups per kind and cache state")
+    p.add_argument("-n", type=positive_int, default=20_000, help="parked callers per memory round")
+    p.add_argument(
+        "--wakes", type=positive_int, default=3_000, help="wake-ups per kind and cache state"
+    )
     p.add_argument("--uvloop", action="store_true")
     a = p.parse_args(argv)
     return run(lambda: waiter(a.n, a.wakes, a.uvloop), a.uvloop)

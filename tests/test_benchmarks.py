@@ -91,3 +91,27 @@ def test_icache_dry() -> None:
     """The callgrind wrapper's work, without valgrind (counting takes minutes)."""
     out = run_script("benchmarks/icache.py", "--dry", "-n", "20")
     assert "bybit_cancel:" in out and "floor:" in out and "dry run" in out, out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("benchmarks/throughput.py", "--ws-rounds", "0"),
+            "--ws-rounds: must be at least 1, got 0",
+        ),
+        (("benchmarks/latency.py", "-n", "0"), "-n: must be at least 1, got 0"),
+        (("benchmarks/latency.py", "--warmup", "-1"), "--warmup: must be at least 0, got -1"),
+        (("benchmarks/scale.py", "--rounds", "2.5"), "--rounds: not a whole number: '2.5'"),
+        (("benchmarks/chaos.py", "--rate", "nan"), "--rate: must be from 0 to 1, got nan"),
+        (("benchmarks/chaos.py", "--timeout", "inf"), "--timeout: must be a positive number"),
+    ],
+)
+def test_bad_arguments_refused_before_any_work(args: tuple[str, ...], message: str) -> None:
+    """A count of 0 used to run: --ws-rounds 0 crashed after the in-process part, latency.py -n 0
+    printed nan verdicts and exited 0."""
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=25, check=False
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and not proc.stdout, proc.stderr
