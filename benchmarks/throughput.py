@@ -18,7 +18,8 @@
 (b) Loopback websocket: N cancels are parked (acknowledged, the fake holding their pushes), then
     the fake releases every final state at once, 1 or 10 orders per frame, and the time until
     every ``cancel_order`` returned gives frames/s. Same for the hand-written floor, in the same
-    round; the verdict is the median over the rounds of each round's ratio.
+    round: both park first, then each is released in turn, back to back (which goes first
+    alternates); the verdict is the median over the rounds of each round's ratio.
 
 (c) In process, the path (b) measures without its socket: N ``cancel_order`` calls parked on one
     client (the REST answer stubbed), then every push routed at once; the time until every call
@@ -265,16 +266,11 @@ async def parked_in_process(n: int, per_frame: int) -> dict[str, float]:
     return out
 
 
-async def park_and_release(
-    fake: FakeHandle,
-    book: int,
-    client: Any,
-    n: int,
-    per_frame: int,
-    mark: Callable[[str], object] = lambda _when: None,
-) -> tuple[float, float]:
-    """Park n cancels, release their pushes at once; returns (frames/s, client CPU us/frame).
-    ``mark("start")`` and ``mark("stop")`` bracket the measured release (benchmarks/icache.py)."""
+async def park(
+    fake: FakeHandle, book: int, client: Any, n: int, per_frame: int
+) -> tuple[list[asyncio.Future[Any]], int]:
+    """Park n cancels on ``client`` (acknowledged, the fake holding their pushes) and have the fake
+    build their pushes, ``per_frame`` orders to a frame; returns the calls and the frame count."""
     ids = (await fake.call("seed", book=book, n=n))["ids"]
     await fake.call("park", book=book, on=True)
     client.acked = 0
@@ -285,7 +281,19 @@ async def park_and_release(
             await asyncio.sleep(0.01)
     await fake.call("park", book=book, on=False)
     frames = (await fake.call("prepare", book=book, ids=ids, per_frame=per_frame))["frames"]
-    gc.collect()
+    return tasks, frames
+
+
+async def release(
+    fake: FakeHandle,
+    book: int,
+    tasks: list[asyncio.Future[Any]],
+    frames: int,
+    mark: Callable[[str], object] = lambda _when: None,
+) -> tuple[float, float]:
+    """Release a parked book's pushes at once; returns (frames/s, client CPU us/frame) until
+    every call returned. ``mark("start")`` and ``mark("stop")`` bracket the measured release
+    (benchmarks/icache.py)."""
     mark("start")
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -298,12 +306,32 @@ async def park_and_release(
     return frames / wall, cpu / frames * 1e6
 
 
+async def park_and_release(
+    fake: FakeHandle,
+    book: int,
+    client: Any,
+    n: int,
+    per_frame: int,
+    mark: Callable[[str], object] = lambda _when: None,
+) -> tuple[float, float]:
+    """:func:`park`, then :func:`release`: one client on its own (benchmarks/icache.py)."""
+    tasks, frames = await park(fake, book, client, n, per_frame)
+    gc.collect()
+    return await release(fake, book, tasks, frames, mark)
+
+
 async def loopback(
     n: int, rounds: int, inproc: bool, uvloop: bool, pin: bool
 ) -> tuple[dict[int, dict[str, tuple[float, float]]], str]:
     """Per frame size: each client's median (frames/s, CPU us/frame) over the rounds, and under
     "ratio" the median of the per-round ratios ours / floor, under "spread" their range; and
-    where the fake ran."""
+    where the fake ran.
+
+    A round parks both clients' cancels first and then releases them back to back, in turns
+    which goes first: this VM's speed swings by up to 2 x from one second to the next (a
+    client's CPU per frame read 15-19 us in one second and 27-31 us in the next, item 35), and
+    a pair measured within a tenth of a second mostly shares one speed, where one that parked
+    its cancels in between (seconds) often did not."""
     fake = await FakeHandle.start(2, inproc=inproc, uvloop=uvloop, pin=pin)
     ours = Ours(fake.books[0]["rest_url"], fake.books[0]["ws_url"], push_grace=600.0)
     floor = Floor(fake.books[1]["rest_url"], fake.books[1]["ws_url"], recv_window=600_000)
@@ -317,19 +345,20 @@ async def loopback(
             runs: dict[str, list[tuple[float, float]]] = {"bybit_cancel": [], "floor": []}
             for r in range(rounds):
                 order: list[tuple[int, Any]] = [(0, ours), (1, floor)]
-                if r % 2:
-                    order.reverse()
-                for book, client in order:
-                    runs[client.name].append(
-                        await park_and_release(fake, book, client, n, per_frame)
-                    )
+                parked = [await park(fake, book, client, n, per_frame) for book, client in order]
+                gc.collect()
+                turns = [0, 1] if r % 2 == 0 else [1, 0]
+                for i in turns:
+                    (book, client), (tasks, frames) = order[i], parked[i]
+                    runs[client.name].append(await release(fake, book, tasks, frames))
+                del parked
             ours_runs, floor_runs = runs["bybit_cancel"], runs["floor"]
             out[per_frame] = {
                 name: (median([r[0] for r in rs]), median([r[1] for r in rs]))
                 for name, rs in runs.items()
             }
-            # The ratio of each round's two runs, taken seconds apart: this VM's speed drifts
-            # over minutes, which a ratio of medians over the whole run would also measure.
+            # The ratio of each round's two runs, taken back to back: this VM's speed drifts
+            # within seconds, which a ratio of medians over the whole run would also measure.
             ratios = [o[0] / f[0] for o, f in zip(ours_runs, floor_runs, strict=True)]
             out[per_frame]["ratio"] = (median(ratios), 0.0)
             out[per_frame]["spread"] = (min(ratios), max(ratios))
