@@ -15,10 +15,13 @@ import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
 
 from ._exceptions import (
     AuthenticationError,
@@ -49,6 +52,69 @@ class _NoFrameDumps(logging.Filter):
 # The connection's own logger: its state changes stay visible, its frame dumps do not.
 _ws_log = logging.getLogger("bybit_cancel.websocket")
 _ws_log.addFilter(_NoFrameDumps())
+
+
+_CONT, _TEXT, _BINARY = Opcode.CONT, Opcode.TEXT, Opcode.BINARY
+
+
+class _RoutingConnection(ClientConnection):
+    """A websockets client connection that routes each message as it is parsed.
+
+    websockets queues a parsed message for ``recv()`` and wakes the task waiting there, which then
+    takes it: per push, a Future, a wake-up of the reader task and a turn of the event loop
+    before the push is even decoded. Once subscribed, the stream sets :attr:`route`, and every
+    whole message (one frame, text or binary) goes to it at once, inside ``data_received``
+    (``process_event`` is websockets' hook for this; ``connect(create_connection=...)`` takes the
+    subclass). The reader task still waits in ``recv()``: for the end of the connection, and for
+    anything not routed here, which keeps its place in line:
+
+    * messages queued before :attr:`route` was set (while auth and subscribe were read), or
+      behind those: nothing is routed here until ``recv()`` has taken every queued message
+      (:attr:`backlog`), so messages are routed in the order they came;
+    * a fragmented message (Bybit sends none, RFC 6455 allows them): websockets assembles it.
+
+    An error raised by :attr:`route` (a bug: the router catches what a frame can cause) ends the
+    connection and is kept in :attr:`error` for the reader task to raise, as it would have raised
+    it itself.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.route: Callable[[bytes], object] | None = None
+        # Whole messages handed to recv() and not yet taken by it (see take()).
+        self.backlog = 0
+        self.error: Exception | None = None
+
+    def process_event(self, event: Event) -> None:
+        route = self.route
+        if (
+            route is not None
+            and type(event) is Frame
+            and event.fin
+            and (event.opcode is _TEXT or event.opcode is _BINARY)
+            and not self.backlog
+        ):
+            if self.error is None:  # (after one, the connection is closing: nothing more)
+                try:
+                    route(event.data)  # type: ignore[arg-type]
+                except Exception as exc:  # a bug: raised by the reader task (see _serve)
+                    self.error = exc
+                    self.route = None
+                    self.transport.abort()
+            return
+        if type(event) is Frame and event.fin and event.opcode in (_TEXT, _BINARY, _CONT):
+            # A whole message, queued for recv(). (A fragmented one is queued frame by frame;
+            # websockets refuses any other data frame between its first and its last, so none
+            # is routed ahead of it.)
+            self.backlog += 1
+        super().process_event(event)
+
+    async def take(self) -> bytes:
+        """``recv(decode=False)``, keeping :attr:`backlog`: every read of this connection goes
+        through here."""
+        raw = await self.recv(decode=False)
+        self.backlog -= 1
+        return raw
 
 
 class ConnectionState(enum.StrEnum):
@@ -101,7 +167,7 @@ class PrivateStream:
         self._auth_expiry_ms = auth_expiry_ms
         self._backoff_base, self._backoff_cap = reconnect_backoff
         self._rng = rng
-        self._ws: ClientConnection | None = None
+        self._ws: _RoutingConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._opener: asyncio.Task[object] | None = None
         self._opener_cancelled = False
@@ -174,7 +240,7 @@ class PrivateStream:
 
     # -- connection ----------------------------------------------------------------------------
 
-    async def _connect(self) -> ClientConnection:
+    async def _connect(self) -> _RoutingConnection:
         try:
             return await self._connect_once()
         except AuthenticationError:
@@ -190,7 +256,7 @@ class PrivateStream:
             raise TransportError(f"websocket auth refused, clock resync failed: {exc}") from exc
         return await self._connect_once()
 
-    async def _connect_once(self) -> ClientConnection:
+    async def _connect_once(self) -> _RoutingConnection:
         try:
             ws = await connect(
                 self._url,
@@ -201,9 +267,11 @@ class PrivateStream:
                 compression=None,
                 max_queue=None,
                 logger=_ws_log,
+                create_connection=_RoutingConnection,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise TransportError(f"websocket connect failed: {exc!r}") from exc
+        ws = cast(_RoutingConnection, ws)  # (create_connection above)
         try:
             async with asyncio.timeout(self._handshake_timeout):
                 expires = self._now_ms() + self._auth_expiry_ms
@@ -231,14 +299,13 @@ class PrivateStream:
         log.info("private stream connected and subscribed to order (conn_id %s)", self.conn_id)
         return ws
 
-    async def _request(self, ws: ClientConnection, op: str, args: list[str | int]) -> WsMessage:
+    async def _request(self, ws: _RoutingConnection, op: str, args: list[str | int]) -> WsMessage:
         """Send one op and wait for its reply; frames that arrive meanwhile are routed as usual."""
         self._req += 1
         req_id = f"{op}-{self._req}"
         await ws.send(encoder.encode({"req_id": req_id, "op": op, "args": args}).decode())
         while True:
-            raw = await ws.recv(decode=False)
-            msg = self._route(raw)
+            msg = self._route(await ws.take())
             if msg is not None and msg.op == op:
                 return msg
 
@@ -291,18 +358,26 @@ class PrivateStream:
             self.state = ConnectionState.CONNECTED
             self._on_reconnected()
 
-    async def _serve(self, ws: ClientConnection) -> None:
-        """Read frames until the connection dies (closed, reset or silent)."""
+    async def _serve(self, ws: _RoutingConnection) -> None:
+        """Route frames until the connection dies (closed, reset or silent)."""
         heartbeat = asyncio.get_running_loop().create_task(
             self._heartbeat(ws), name="bybit_cancel.heartbeat"
         )
         route = self._route
+        # From here on, pushes are routed as they are parsed (_RoutingConnection); recv() returns
+        # what was queued before (routed here, in order, before any later push), and raises at
+        # the end of the connection.
+        ws.route = route
         try:
             while True:
-                route(await ws.recv(decode=False))
+                route(await ws.take())
         except ConnectionClosed as exc:
+            error, ws.error = ws.error, None
+            if error is not None:
+                raise error from None  # the router's own bug, raised where it always was
             log.warning("private stream closed: %s", exc)
         finally:
+            ws.route = None
             heartbeat.cancel()
             try:
                 await heartbeat
