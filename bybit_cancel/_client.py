@@ -745,7 +745,7 @@ class BybitCancelClient:
             hint += ": for a spot TP/SL or conditional order pass order_filter (--order-filter)"
         raise BybitAPIError(exc.ret_code, exc.ret_msg, hint=hint) from None
 
-    # -- callbacks from the stream (on the stream task) ----------------------------------------
+    # -- callbacks from the stream (as a push is parsed, or on the stream task) ----------------
 
     def _on_push(self, orders: list[WireOrder]) -> None:
         # The router's hot path: one frame wakes every call the push resolved.

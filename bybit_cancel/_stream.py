@@ -80,7 +80,8 @@ class _RoutingConnection(ClientConnection):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.route: Callable[[bytes], object] | None = None
+        # (It gets a bytearray: websockets slices each frame out of its read buffer.)
+        self.route: Callable[[bytes | bytearray | memoryview], object] | None = None
         # Whole messages handed to recv() and not yet taken by it (see take()).
         self.backlog = 0
         self.error: Exception | None = None
@@ -94,12 +95,13 @@ class _RoutingConnection(ClientConnection):
             and (event.opcode is _TEXT or event.opcode is _BINARY)
             and not self.backlog
         ):
-            if self.error is None:  # (after one, the connection is closing: nothing more)
+            # After an error the connection is closing: later messages (even in the same chunk)
+            # are dropped, not queued for the reader task to route with the same router.
+            if self.error is None:
                 try:
-                    route(event.data)  # type: ignore[arg-type]
+                    route(event.data)
                 except Exception as exc:  # a bug: raised by the reader task (see _serve)
                     self.error = exc
-                    self.route = None
                     self.transport.abort()
             return
         if type(event) is Frame and event.fin and event.opcode in (_TEXT, _BINARY, _CONT):
@@ -132,7 +134,9 @@ class PrivateStream:
     """The private websocket, owned by a client.
 
     Args:
-        on_orders: called (synchronously, on the reader task) with each push's ``data[]``.
+        on_orders: called synchronously with each push's ``data[]``: as the push is parsed
+            (inside the connection's ``data_received``, with no current task), or on the
+            reader task for a message that waited in ``recv()``.
         on_reconnected: called after every successful reconnect (not after the first connect).
         on_failed: called once if the stream gives up for good (auth refused on a reconnect,
             and still refused once the clock was resynced).
@@ -411,7 +415,7 @@ class PrivateStream:
                 continue
             await asyncio.sleep(min(next_ping, dead_at) - now)
 
-    def _route(self, raw: bytes | str) -> WsMessage | None:
+    def _route(self, raw: bytes | bytearray | memoryview | str) -> WsMessage | None:
         """Decode one frame and act on it. The hot path: no logging above DEBUG, no allocation
         beyond the decode."""
         try:
@@ -431,7 +435,7 @@ class PrivateStream:
             self._last_pong = asyncio.get_running_loop().time()
         return msg
 
-    def _route_odd(self, raw: bytes | str) -> WsMessage | None:
+    def _route_odd(self, raw: bytes | bytearray | memoryview | str) -> WsMessage | None:
         """A frame the fast decoder refused. An order push with one odd order must not lose the
         others: decode its orders one by one. Anything else is ignored (and logged)."""
         try:

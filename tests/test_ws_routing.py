@@ -8,6 +8,8 @@ order of events is exact; the last test runs the client against the fake exchang
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,10 +19,13 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 from websockets.utils import accept_key
 
-from bybit_cancel._stream import _RoutingConnection
+from bybit_cancel._models import WireOrder
+from bybit_cancel._signing import Credentials
+from bybit_cancel._stream import PrivateStream, _RoutingConnection
 from bybit_cancel.testing import FakeExchange
 
 from .conftest import make_client
+from .helpers import wait_until
 
 
 class _Transport(asyncio.Transport):
@@ -77,6 +82,14 @@ def _open() -> tuple[_RoutingConnection, _Transport]:
     return conn, transport
 
 
+Raw = bytes | bytearray | memoryview
+
+
+def _into(routed: list[bytes]) -> Callable[[Raw], None]:
+    """A router that records what it was given (as bytes: it gets websockets' bytearray)."""
+    return lambda raw: routed.append(bytes(raw))
+
+
 def _frame(text: str, opcode: Opcode = Opcode.TEXT, *, fin: bool = True) -> bytes:
     return Frame(opcode, text.encode(), fin=fin).serialize(mask=False)
 
@@ -87,7 +100,7 @@ async def test_messages_are_routed_in_the_order_they_came() -> None:
         routed: list[bytes] = []
         # Before the router is set (auth and subscribe are read with recv()): queued.
         conn.data_received(_frame("a") + _frame("b"))
-        conn.route = routed.append
+        conn.route = _into(routed)
         # Set now, but two messages wait for recv(): this one goes behind them, not ahead.
         conn.data_received(_frame("c"))
         assert routed == [] and conn.backlog == 3
@@ -108,7 +121,7 @@ async def test_messages_are_routed_in_the_order_they_came() -> None:
 async def test_control_frames_are_left_to_websockets() -> None:
     conn, transport = _open()  # (nothing here awaits: no timeout needed)
     routed: list[bytes] = []
-    conn.route = routed.append
+    conn.route = _into(routed)
     conn.data_received(_frame("hi", Opcode.PING))
     assert routed == [] and conn.backlog == 0
     # websockets answered the ping: a pong (0x8A) with the ping's data, masked as a client's
@@ -126,17 +139,60 @@ async def test_a_router_error_ends_the_connection_and_is_kept() -> None:
         conn, transport = _open()
         seen: list[bytes] = []
 
-        def boom(raw: bytes) -> None:
-            seen.append(raw)
+        def boom(raw: Raw) -> None:
+            seen.append(bytes(raw))
             raise RuntimeError("bug")
 
         conn.route = boom
         conn.data_received(_frame("a") + _frame("b"))
-        assert seen == [b"a"] and transport.aborted
-        assert isinstance(conn.error, RuntimeError) and conn.route is None
+        # "b", in the same chunk, is dropped: not queued for the reader task to route again.
+        assert seen == [b"a"] and transport.aborted and conn.backlog == 0
+        assert isinstance(conn.error, RuntimeError)
         conn.data_received(_frame("c"))
-        assert seen == [b"a"]
+        assert seen == [b"a"] and conn.backlog == 0
         await conn.wait_closed()
+
+
+def _push(order_id: str) -> bytes:
+    return _frame(
+        '{"topic":"order","data":[{"category":"linear","symbol":"BTCUSDT",'
+        f'"orderId":"{order_id}","orderStatus":"Cancelled"}}]}}'
+    )
+
+
+async def test_the_stream_task_raises_the_first_router_error() -> None:
+    """Through PrivateStream._serve: the first bug is the one raised (the supervisor reports it
+    and fails the client), the pushes after it in the same chunk reach nobody, and the error is
+    not left on the connection (its traceback would hold the connection in a cycle)."""
+    seen: list[str] = []
+
+    def on_orders(orders: list[WireOrder]) -> None:
+        seen.append(orders[0].order_id)
+        raise RuntimeError(f"bug on {orders[0].order_id}")
+
+    stream = PrivateStream(
+        "ws://127.0.0.1/v5/private",
+        Credentials("k", "s"),
+        now_ms=lambda: 0,
+        on_orders=on_orders,
+        on_reconnected=lambda: None,
+        on_failed=lambda exc: None,
+        resync_clock=None,
+        ping_interval=60.0,
+        handshake_timeout=2.0,
+        auth_expiry_ms=10_000,
+        reconnect_backoff=(0.1, 1.0),
+        rng=random.Random(1),
+    )
+    stream._last_pong = asyncio.get_running_loop().time()  # (the heartbeat stays quiet)
+    conn, _ = _open()
+    async with asyncio.timeout(5):
+        serve = asyncio.ensure_future(stream._serve(conn))
+        await wait_until(lambda: conn.route is not None)
+        conn.data_received(_push("a") + _push("b") + _push("c"))
+        with pytest.raises(RuntimeError, match="bug on a"):
+            await serve
+    assert seen == ["a"] and conn.error is None and conn.route is None
 
 
 @pytest.mark.parametrize("n", [5])
