@@ -8,7 +8,6 @@ order of events is exact; the last test runs the client against the fake exchang
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +19,11 @@ from websockets.uri import parse_uri
 from websockets.utils import accept_key
 
 from bybit_cancel._models import WireOrder
-from bybit_cancel._signing import Credentials
-from bybit_cancel._stream import PrivateStream, _RoutingConnection
+from bybit_cancel._stream import _RoutingConnection
 from bybit_cancel.testing import FakeExchange
 
 from .conftest import make_client
-from .helpers import wait_until
+from .helpers import make_stream, wait_until
 
 
 class _Transport(asyncio.Transport):
@@ -170,20 +168,7 @@ async def test_the_stream_task_raises_the_first_router_error() -> None:
         seen.append(orders[0].order_id)
         raise RuntimeError(f"bug on {orders[0].order_id}")
 
-    stream = PrivateStream(
-        "ws://127.0.0.1/v5/private",
-        Credentials("k", "s"),
-        now_ms=lambda: 0,
-        on_orders=on_orders,
-        on_reconnected=lambda: None,
-        on_failed=lambda exc: None,
-        resync_clock=None,
-        ping_interval=60.0,
-        handshake_timeout=2.0,
-        auth_expiry_ms=10_000,
-        reconnect_backoff=(0.1, 1.0),
-        rng=random.Random(1),
-    )
+    stream = make_stream(on_orders)
     stream._last_pong = asyncio.get_running_loop().time()  # (the heartbeat stays quiet)
     conn, _ = _open()
     async with asyncio.timeout(5):
