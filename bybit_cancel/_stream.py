@@ -377,8 +377,11 @@ class PrivateStream:
                 route(await ws.take())
         except ConnectionClosed as exc:
             error, ws.error = ws.error, None
-            if error is not None:
-                raise error from None  # the router's own bug, raised where it always was
+            if error is not None:  # the router's own bug, raised where it always was
+                try:
+                    raise error from None
+                finally:
+                    del error  # (not kept by this frame, which its traceback holds)
             log.warning("private stream closed: %s", exc)
         finally:
             ws.route = None
