@@ -742,7 +742,13 @@ class BybitCancelClient:
             return outcome
         hint = f"yet the order is {self._tracker.last_status(entry)}"
         if entry.category == "spot":
-            hint += ": for a spot TP/SL or conditional order pass order_filter (--order-filter)"
+            if order_filter is None:
+                hint += ": for a spot TP/SL or conditional order pass order_filter (--order-filter)"
+            else:  # the filter given may name another book (§6)
+                hint += (
+                    f": order_filter={order_filter!r} may name the wrong book ('Order' for a plain"
+                    " order, 'tpslOrder' for TP/SL, 'StopOrder' for a conditional one)"
+                )
         raise BybitAPIError(exc.ret_code, exc.ret_msg, hint=hint) from None
 
     # -- callbacks from the stream (as a push is parsed, or on the stream task) ----------------

@@ -185,6 +185,15 @@ async def test_spot_stop_order_needs_order_filter(
     # Bybit's retMsg as sent (scripts match on it); the client's hint is in the message only.
     assert info.value.ret_msg == "Order does not exist."
     assert "yet the order is Untriggered" in str(info.value)
+    assert "pass order_filter" in str(info.value)
+    # A filter naming another book: the hint says so, instead of asking for a filter.
+    with pytest.raises(BybitAPIError) as info:
+        await client.cancel_order(
+            category="spot", symbol="BTCUSDT", order_id=o.order_id, order_filter="tpslOrder"
+        )
+    assert info.value.ret_code == 170213 and info.value.hint is not None
+    assert "order_filter='tpslOrder' may name the wrong book" in info.value.hint
+    assert "pass order_filter" not in str(info.value)
     r = await client.cancel_order(
         category="spot", symbol="BTCUSDT", order_id=o.order_id, order_filter="StopOrder"
     )
