@@ -2,6 +2,7 @@
 
     python benchmarks/bytecodes.py            # 300 sequential cancels per client after 50 warm-up
     python benchmarks/bytecodes.py -n 100
+    python benchmarks/bytecodes.py --push 10  # per push in throughput.py (b)'s release window
 
 On a shared, noisy VM a difference of 10 us per cancel (1 %) is below what latency.py can tell
 from run to run. This counts what the client process executes instead: every bytecode and every
@@ -10,8 +11,13 @@ frame entered (a call, or a coroutine resumed) while N sequential cancels run, w
 in its own process and is not counted). The counts repeat within about 1 % from run to run (the
 event loop's scheduling varies a little); C code (msgspec, hashlib, the selector) is not counted.
 
+With ``--push K`` it counts, per push instead of per cancel, what the loopback of
+``throughput.py`` (b) times: N cancels parked, then their pushes released K orders to a frame,
+counted from the release until every call has returned (``throughput.park_and_release``; one
+release untraced first, as warm-up).
+
 Slow by design (tracing every opcode): use a few hundred cancels. No targets: it explains the
-latency table, it does not judge it.
+latency and loopback tables, it does not judge them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._clients import Floor, Ours
 from benchmarks._common import machine, non_negative_int, positive_int, run
 from benchmarks._fake import FakeHandle
+from benchmarks.throughput import park_and_release
 
 _PACKAGES = ("aiohttp", "asyncio", "websockets", "yarl", "multidict")
 _ROOT = Path(__file__).resolve().parent.parent
@@ -100,13 +107,50 @@ async def count(kind: type[Any], n: int, warmup: int) -> Counts:
     return counts
 
 
-async def bytecodes(n: int, warmup: int, top: int) -> bool:
-    results = {kind.name: await count(kind, n, warmup) for kind in (Ours, Floor)}
-    print(
-        f"bytecodes: {n} sequential cancels per client (after {warmup} warm-up), fake in a "
-        f"separate process, on {machine()}"
-    )
-    print("per cancel    " + "".join(f"{name:>26}" for name in results))
+async def count_release(kind: type[Any], n: int, per_frame: int) -> Counts:
+    """Per push: n cancels parked, then released ``per_frame`` orders to a push (the loopback)."""
+    fake = await FakeHandle.start(1)
+    # As in throughput.py (b): ours never falls back to REST while the fake holds the pushes.
+    options = {"push_grace": 600.0} if kind is Ours else {"recv_window": 600_000}
+    client = kind(fake.books[0]["rest_url"], fake.books[0]["ws_url"], **options)
+    counts = Counts()
+    try:
+        await client.open()
+        await fake.wait_subscribed(0)
+        # (Traced and thrown away: see count().)
+        await park_and_release(fake, 0, client, n, per_frame, _tracing(Counts()))
+        await park_and_release(fake, 0, client, n, per_frame, _tracing(counts))
+    finally:
+        await client.close()
+        await fake.close()
+    return counts
+
+
+def _tracing(counts: Counts) -> Any:
+    """A ``mark`` for park_and_release: trace from "start" to "stop"."""
+
+    def mark(when: str) -> None:
+        sys.settrace(counts.trace if when == "start" else None)
+
+    return mark
+
+
+async def bytecodes(n: int, warmup: int, top: int, push: int) -> bool:
+    if push:
+        results = {kind.name: await count_release(kind, n, push) for kind in (Ours, Floor)}
+        what, n = "push", n // push
+        print(
+            f"bytecodes: {n * push} parked cancels per client released {push} to a push, "
+            f"{n} pushes counted, fake in a separate process, on {machine()}"
+        )
+    else:
+        results = {kind.name: await count(kind, n, warmup) for kind in (Ours, Floor)}
+        what = "cancel"
+        print(
+            f"bytecodes: {n} sequential cancels per client (after {warmup} warm-up), fake in a "
+            f"separate process, on {machine()}"
+        )
+    print(f"{'per ' + what:<14}" + "".join(f"{name:>26}" for name in results))
     print(f"{'package':<14}" + f"{'bytecodes':>14}{'frames':>12}" * len(results))
     rows = ["own", *_PACKAGES, "other"]
     for row in [*rows, "total"]:
@@ -121,11 +165,11 @@ async def bytecodes(n: int, warmup: int, top: int) -> bool:
     print(
         f"INFO 'own' is bybit_cancel's code for bybit_cancel (with the benchmark's wrapper) and "
         f"the floor's own code for the floor; bybit_cancel runs {extra:,.0f} more bytecodes per "
-        f"cancel in all"
+        f"{what} in all"
     )
     for name, c in results.items():
         if top:
-            print(f"{name}'s own code, the {top} functions running the most bytecodes per cancel:")
+            print(f"{name}'s own code, the {top} functions running the most bytecodes per {what}:")
             for func, ops in c.own_ops.most_common(top):
                 print(f"  {ops / n:>8,.0f}  {func}")
     return True
@@ -140,8 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--top", type=positive_int, default=12, help="list this many functions of own code"
     )
+    p.add_argument(
+        "--push",
+        type=positive_int,
+        choices=(1, 10),
+        help="count per push in the loopback's release window, this many orders to a push",
+    )
     a = p.parse_args(argv)
-    return run(lambda: bytecodes(a.n, a.warmup, a.top), False)
+    if a.push and a.n % a.push:
+        p.error(f"-n must be a multiple of --push, got {a.n} and {a.push}")
+    return run(lambda: bytecodes(a.n, a.warmup, a.top, a.push or 0), False)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,12 @@ def test_bytecodes() -> None:
     assert "_client.cancel_order" in out, out  # our own code was counted, by function
 
 
+def test_bytecodes_per_push() -> None:
+    out = run_script("benchmarks/bytecodes.py", "--push", "10", "-n", "20", "--top", "3")
+    assert "per push" in out and "released 10 to a push, 2 pushes counted" in out, out
+    assert "_core.on_orders" in out and "_clients._read" in out, out
+
+
 def test_cold() -> None:
     out = run_script("benchmarks/cold.py", "-n", "3", "--evict-mb", "1")
     assert "RestSigner" in out and "hmac.new" in out and "input checks" in out, out
@@ -105,6 +111,7 @@ def test_icache_dry() -> None:
         (("benchmarks/scale.py", "--rounds", "2.5"), "--rounds: not a whole number: '2.5'"),
         (("benchmarks/chaos.py", "--rate", "nan"), "--rate: must be from 0 to 1, got nan"),
         (("benchmarks/chaos.py", "--timeout", "inf"), "--timeout: must be a positive number"),
+        (("benchmarks/bytecodes.py", "--push", "10", "-n", "15"), "-n must be a multiple of"),
     ],
 )
 def test_bad_arguments_refused_before_any_work(args: tuple[str, ...], message: str) -> None:
