@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -126,7 +127,7 @@ async def count_release(kind: type[Any], n: int, per_frame: int) -> Counts:
     return counts
 
 
-def _tracing(counts: Counts) -> Any:
+def _tracing(counts: Counts) -> Callable[[str], None]:
     """A ``mark`` for park_and_release: trace from "start" to "stop"."""
 
     def mark(when: str) -> None:

@@ -180,9 +180,8 @@ async def test_the_stream_task_raises_the_first_router_error() -> None:
     assert seen == ["a"] and conn.error is None and conn.route is None
 
 
-@pytest.mark.parametrize("n", [5])
 async def test_pushes_do_not_wake_the_reader_task(
-    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch, n: int
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the client on the fake exchange, confirmed cancels were routed as parsed: recv() saw
     the auth and subscribe replies and no push."""
@@ -195,7 +194,7 @@ async def test_pushes_do_not_wake_the_reader_task(
         return raw
 
     monkeypatch.setattr(_RoutingConnection, "take", counting_take)
-    orders = [fx.seed_order() for _ in range(n)]
+    orders = [fx.seed_order() for _ in range(5)]
     async with make_client(fx) as client:
         for o in orders:
             r = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
