@@ -5,6 +5,7 @@ Only that the scripts work is checked, never the figures (no timed assertions in
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,24 @@ def test_throughput() -> None:
     assert "json+dict" in out and "frames/s" in out and "calls resumed/s" in out, out
     assert "\ntyped+dict " in out and "\ntyped+memory " in out and "the memory alone" in out, out
     assert_verdicts(out, 4)
+
+
+def test_throughput_in_process_times_each_chunk_by_every_path() -> None:
+    """(a) pairs its paths by chunk: every path times the same chunks, and in a round long enough
+    to fill the memories of final states the chunks before they are full are not counted."""
+    from benchmarks.throughput import PATHS, RECENT_SIZE, in_process
+
+    short = asyncio.run(in_process(200, 10, 50))
+    assert tuple(short) == PATHS
+    for runs in short.values():
+        assert [updates for updates, _ in runs] == [50, 50, 50, 50]
+        assert all(seconds > 0 for _, seconds in runs)
+    # 20,512 updates in 2,052 frames of up to 10; chunks of 500 frames; the memories are full
+    # after 10,256 updates (frame 1,026): the chunks from frames 0, 500 and 1,000 are the warm-up.
+    n = 2 * (RECENT_SIZE + 256)
+    long = asyncio.run(in_process(n, 10, 5_000))
+    for runs in long.values():
+        assert [updates for updates, _ in runs] == [5_000, n - 2_000 * 10]
 
 
 def test_scale() -> None:
