@@ -11,7 +11,8 @@ The tree::
     ├── ClientClosedError           the client was closed while the call was pending
     └── ConfirmationTimeout         (also a TimeoutError) no final state within the call's timeout
 
-Messages never contain the API secret or a signature.
+Messages never contain the API secret or a signature, nor the whole API key (Bybit's 10004
+answer echoes it: it is shown as the client's repr shows it).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class BybitAPIError(BybitError):
 
     Attributes:
         ret_code: Bybit's ``retCode``.
-        ret_msg: Bybit's ``retMsg``, as sent.
+        ret_msg: Bybit's ``retMsg``, as sent, but for an API key it echoes (a 10004 answer
+            does), shown by its first four characters as in the client's repr.
         hint: what the client adds to the message (``""`` for none); never part of ``ret_msg``.
     """
 

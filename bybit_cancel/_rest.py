@@ -30,6 +30,7 @@ import msgspec
 from yarl import URL
 
 from ._exceptions import (
+    BybitAPIError,
     BybitError,
     HTTPStatusError,
     TransportError,
@@ -45,7 +46,7 @@ from ._models import (
     orders_envelope_decoder,
     server_time_decoder,
 )
-from ._signing import Credentials, RestSigner
+from ._signing import Credentials, RestSigner, scrub_key
 
 __all__ = ["Clock", "RateLimiter", "RestClient", "RestStats"]
 
@@ -227,6 +228,7 @@ class RestClient:
 
     # (Slots: every request reads several of these, and a cancel usually finds the caches cold.)
     __slots__ = (
+        "_api_key",
         "_base",
         "_inflight",
         "_last_resync",
@@ -258,6 +260,7 @@ class RestClient:
         self._session = session
         self._base = base_url
         self._signer = RestSigner(creds, recv_window)
+        self._api_key = creds.api_key  # (only to take it out of Bybit's error messages)
         self.clock = clock
         self.limiter = RateLimiter(clock)
         # One timer per request (aiohttp re-arms a sock_read timer on every read). `total` also
@@ -349,7 +352,7 @@ class RestClient:
         try:
             env = envelope_decoder.decode(body)
             if env.ret_code != 0:
-                raise error_from_ret_code(env.ret_code, env.ret_msg)
+                raise self._api_error(env.ret_code, env.ret_msg)
             nano = server_time_decoder.decode(env.result).time_nano
             server_ms = int(nano) // 1_000_000 if nano else env.time
         except (msgspec.DecodeError, ValueError):  # (ValidationError is a DecodeError)
@@ -504,7 +507,7 @@ class RestClient:
                     failures += 1
                     landed = landed or code in _AMBIGUOUS_RET_CODES
                     if self._max_retries is not None and failures > self._max_retries:
-                        raise error_from_ret_code(code, env.ret_msg)
+                        raise self._api_error(code, env.ret_msg)
                     await self._backoff(failures, f"{method} {path}: retCode {code}")
                     continue
                 if code == _TIMESTAMP_ERROR and not resynced:
@@ -521,11 +524,15 @@ class RestClient:
                             raise
                         await self._backoff(failures, f"clock resync failed: {exc}")
                     continue
-                raise error_from_ret_code(code, env.ret_msg)
+                raise self._api_error(code, env.ret_msg)
         except BybitError as err:
             if landed:
                 err.may_have_landed = True
             raise
+
+    def _api_error(self, ret_code: int, ret_msg: str) -> BybitAPIError:
+        # A 10004 retMsg echoes the API key (scrub_key); the error shows it as the repr does.
+        return error_from_ret_code(ret_code, scrub_key(ret_msg, self._api_key))
 
     async def _backoff(self, failures: int, why: str) -> None:
         self.stats.retries += 1

@@ -85,6 +85,20 @@ def redact_key(api_key: str) -> str:
     return api_key[:4] + "***" if len(api_key) > 4 else "***"
 
 
+# Shorter "keys" (tests, placeholders) are left alone: replacing them would garble the message.
+_SCRUB_MIN_KEY = 8
+
+
+def scrub_key(text: str, api_key: str) -> str:
+    """``text`` with the API key shown as :func:`redact_key` shows it. Bybit's 10004 answer echoes
+    the string it tried to sign, key included (``error sign! origin_string[<ts><key>5000...]``,
+    bybit-protocol.md §6 error table; fixtures rest/error-10004*.json), and a retMsg ends up in
+    exceptions and logs. Error paths only."""
+    if len(api_key) >= _SCRUB_MIN_KEY and api_key in text:
+        return text.replace(api_key, redact_key(api_key))
+    return text
+
+
 class RestSigner:
     """Signs REST requests for one key and ``recv_window``: the constant headers and the constant
     middle of the signed string are built once, so a request copies a small dict and signs

@@ -31,7 +31,7 @@ from ._exceptions import (
     TransportError,
 )
 from ._models import WireOrder, WsMessage, encoder, ws_decoder
-from ._signing import Credentials, ws_auth_args
+from ._signing import Credentials, scrub_key, ws_auth_args
 
 __all__ = ["ConnectionState", "PrivateStream"]
 
@@ -281,9 +281,9 @@ class PrivateStream:
                 expires = self._now_ms() + self._auth_expiry_ms
                 reply = await self._request(ws, "auth", ws_auth_args(self._creds, expires))
                 if not reply.success:
-                    raise AuthenticationError(
-                        WS_NO_RET_CODE, f"websocket auth refused: {reply.ret_msg}"
-                    )
+                    # (Scrubbed as REST's are: Bybit's reply could echo the key.)
+                    refused = scrub_key(reply.ret_msg, self._creds.api_key)
+                    raise AuthenticationError(WS_NO_RET_CODE, f"websocket auth refused: {refused}")
                 reply = await self._request(ws, "subscribe", ["order"])
                 if not reply.success:
                     raise BybitAPIError(

@@ -231,6 +231,24 @@ async def test_bad_rest_signature_raises_authentication_error(
     assert cancels(fx) == 1  # no retry of a refused signature
 
 
+async def test_10004_message_does_not_carry_the_api_key(
+    fx: FakeExchange, client: BybitCancelClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bybit's 10004 echoes the signed string with the API key in it (fixtures
+    rest/error-10004*): the error shows the key as the client's repr does, by its first four
+    characters, in its ret_msg, its str and its repr, and so in any log line quoting it."""
+    o = fx.seed_order()
+    fx.add_credentials(KEY, "a-different-secret")
+    caplog.set_level(logging.DEBUG, logger="bybit_cancel")
+    with pytest.raises(AuthenticationError) as info:
+        await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    err = info.value
+    assert err.ret_msg.startswith("error sign! origin_string[")
+    assert KEY[:4] + "***" in err.ret_msg
+    for text in (err.ret_msg, str(err), repr(err), repr(err.args), caplog.text):
+        assert KEY not in text
+
+
 async def test_unknown_api_key_10003(fx: FakeExchange) -> None:
     """An unknown key is refused at the websocket auth, before any cancel."""
     c = BybitCancelClient(

@@ -35,7 +35,7 @@ from bybit_cancel._models import (
     server_time_decoder,
     ws_decoder,
 )
-from bybit_cancel._signing import Credentials, RestSigner, ws_auth_args
+from bybit_cancel._signing import Credentials, RestSigner, scrub_key, ws_auth_args
 from bybit_cancel._urls import resolve_urls
 
 from .helpers import FIXTURES, fixture_bytes, make_stream
@@ -191,6 +191,20 @@ def test_signature_is_rfc2104_hmac_for_any_secret() -> None:
             expected = hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
             assert creds.sign(payload) == expected
             assert creds.sign(payload) == expected
+
+
+def test_scrub_key_takes_the_key_out_of_a_10004_message() -> None:
+    """Bybit's 10004 echoes the signed string, API key included (fixtures rest/error-10004*)."""
+    body = msgspec.json.decode(fixture_bytes("rest/error-10004.response.json"))
+    key = "de21RcqOIH8Gfxvxvv"  # the key inside that recorded origin_string
+    assert key in body["retMsg"]
+    scrubbed = scrub_key(body["retMsg"], key)
+    assert key not in scrubbed
+    assert scrubbed == "error sign! origin_string[1701783394711de21***15000]"
+    assert scrub_key("API key is invalid.", key) == "API key is invalid."
+    # A placeholder shorter than any real key is not replaced: that would garble the message.
+    short = "error sign! origin_string[1k5000]"
+    assert scrub_key(short, "k") == short
 
 
 def test_credentials_never_show_secret() -> None:

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from bybit_cancel import (
+    AuthenticationError,
     BybitError,
     ConnectionState,
     OrderStatus,
@@ -46,10 +47,11 @@ def make_stream(
     backoff: tuple[float, float],
     ping_interval: float = 20.0,
     on_failed: Callable[[BybitError], None] = lambda exc: None,
+    creds: Credentials | None = None,
 ) -> PrivateStream:
     return PrivateStream(
         url,
-        Credentials("k", "s"),
+        creds or Credentials("k", "s"),
         now_ms=lambda: time.time_ns() // 1_000_000,
         on_orders=lambda orders: None,
         on_reconnected=lambda: None,
@@ -109,7 +111,8 @@ class PrivateEndpoint:
     """A /v5/private on 127.0.0.1 that acks auth and subscribe in Bybit's private dialect
     (tests/fixtures/bybit/ws-private/) and then, per connection, as its plan says:
     "flap" closes right after the subscribe ack, "ping" closes on the first ping (so the
-    connection outlived a ping interval), "hold" stays up answering pings."""
+    connection outlived a ping interval), "hold" stays up answering pings, "echo" refuses the
+    auth with a ret_msg that quotes the request's arguments, API key included."""
 
     def __init__(self, plan: list[str]) -> None:
         self.plan = plan
@@ -150,11 +153,29 @@ class PrivateEndpoint:
                 await ws.send_str(json.dumps({**pong, "conn_id": conn_id}))
                 continue
             ack = {"req_id": req_id, "success": True, "ret_msg": "", "op": op, "conn_id": conn_id}
+            if op == "auth" and mode == "echo":
+                ack = {**ack, "success": False, "ret_msg": f"Params Error: {msg.get('args')}"}
             await ws.send_str(json.dumps(ack))
             if op == "subscribe" and mode == "flap":
                 break
         await ws.close()
         return ws
+
+
+async def test_refused_auth_quoting_the_api_key_does_not_carry_it() -> None:
+    """An auth refusal is an AuthenticationError with Bybit's ret_msg; where that quotes the API
+    key (as REST's 10004 does), the error shows the key by its first four characters."""
+    key = "AbCdEfGhIjKlMnOpQr"  # 18 characters, as Bybit's keys are
+    async with PrivateEndpoint(["echo"]) as server:
+        stream = make_stream(
+            server.url, random.Random(3), backoff=(0.01, 0.1), creds=Credentials(key, "s")
+        )
+        with pytest.raises(AuthenticationError) as info:
+            await stream.open()
+    assert server.connections == 1
+    assert "Params Error" in info.value.ret_msg and "AbCd***" in info.value.ret_msg
+    assert key not in info.value.ret_msg and key not in str(info.value)
+    assert client_tasks() == []
 
 
 async def test_a_server_dropping_every_fresh_connection_meets_a_growing_backoff() -> None:
