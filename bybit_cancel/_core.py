@@ -12,6 +12,8 @@ Rules (bybit-protocol.md §4, §5, §12):
   are not final.
 * A final state is sticky: the first one seen for an order wins. A repeated push, a stale push with an
   older ``updatedTime``, or Bybit's second ``Filled`` on a cancel/fill collision changes nothing.
+  Only the same order's, though: the same ``orderId`` in another category, or a final state with
+  no ``orderId``, answers nobody else; and one that cannot be read gives way to one that can.
 * Recent final states are remembered (bounded by count and age), so a cancel for an order that has
   already ended resolves at once, and a push that beat the cancel's registration is not lost.
 """
@@ -385,7 +387,8 @@ class CancelTracker(Generic[E]):
             final = _Final(order, status, source, now)
             known = recent.setdefault(order.order_id, final)
             if known is not final:
-                final = known
+                # (Rare: a repeated or stale final push, a REST answer after the push.)
+                final = self._sticky(known, final)
             else:
                 inserted += 1
                 if order.order_link_id:
@@ -415,6 +418,29 @@ class CancelTracker(Generic[E]):
             if len(recent) > self._recent_limit or not self._inserts & 127:
                 self._evict(now)
         return resolved
+
+    def _sticky(self, known: _Final, final: _Final) -> _Final:
+        """The final state an update resolves with when one is already remembered under its
+        orderId: the remembered one, if it is the same order's, else the update's own."""
+        order, first = final.order, known.order
+        if not order.order_id or (
+            order.category and first.category and order.category != first.category
+        ):
+            # Another order's: no orderId to tell orders apart (malformed), or the same id in
+            # another category (the id indexes keep categories apart too). Not remembered: the
+            # memory keeps the first.
+            return final
+        if self._result(known) is None and self._result(final) is not None:
+            # The remembered one cannot be read (a quantity that is not a number), so it answers
+            # nobody; this one can: it takes its place (at the end: the memory stays oldest
+            # first).
+            recent = self._recent
+            del recent[order.order_id]
+            recent[order.order_id] = final
+            if order.order_link_id:
+                self._recent_link[(order.category, order.order_link_id)] = order.order_id
+            return final
+        return known
 
     def _matching(self, order: WireOrder) -> list[E]:
         category = order.category

@@ -9,6 +9,7 @@ import logging
 import types
 from collections.abc import Awaitable
 from decimal import Decimal
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,6 +18,7 @@ from bybit_cancel import (
     AuthenticationError,
     BybitAPIError,
     BybitCancelClient,
+    BybitError,
     CancelResult,
     ClientClosedError,
     ConfirmationTimeout,
@@ -26,7 +28,7 @@ from bybit_cancel import (
     OrderStatus,
     cancel_and_confirm,
 )
-from bybit_cancel.testing import FakeExchange, Fault
+from bybit_cancel.testing import FakeExchange, FakeOrder, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
 from .helpers import cancel_until_acked, wait_until
@@ -628,3 +630,31 @@ async def test_no_secret_in_debug_logs(fx: FakeExchange, caplog: pytest.LogCaptu
     assert SECRET not in text
     for sig in filter(None, signatures):
         assert sig not in text
+
+
+async def test_an_unreadable_push_does_not_outlive_bybits_readable_answer(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One Cancelled push whose cumExecQty is not a number: that call fails with a BybitError
+    (its answer cannot be read). The retry is not answered from memory; it asks Bybit, whose
+    answer (110001, then the lookup) is readable, and returns it. (It used to fail the same way,
+    and would have for as long as the memory kept the unreadable state: recent_age, 600 s.)"""
+    o = fx.seed_order()
+    make_ws_order = fx._ws_order
+    spoiled: list[str] = []
+
+    def ws_order(order: FakeOrder) -> dict[str, Any]:
+        d = make_ws_order(order)
+        if d["orderStatus"] == "Cancelled" and not spoiled:
+            spoiled.append(order.order_id)
+            d["cumExecQty"] = "n/a"
+        return d
+
+    monkeypatch.setattr(fx, "_ws_order", ws_order)
+    async with asyncio.timeout(10), make_client(fx, push_grace=0.1) as client:
+        with pytest.raises(BybitError, match="malformed"):
+            await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+        assert spoiled == [o.order_id]
+        result = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
+    assert result.status is OrderStatus.CANCELLED and result.source == "rest"
+    assert result.cum_exec_qty == 0

@@ -209,6 +209,68 @@ def test_a_final_state_without_order_id_answers_no_other_cancel() -> None:
     assert isinstance(got, Pending) and len(t) == 1
 
 
+def test_a_remembered_final_state_of_another_category_answers_nothing() -> None:
+    """The same orderId in another category is another order (the id index keeps them apart):
+    its remembered final state must not become this order's. A spot X that filled, then the
+    linear X cancelled: the linear cancel gets its own Cancelled, not the spot Filled."""
+    t: CancelTracker[Tagged] = CancelTracker()
+    lin = start(t, "lin", oid="X", category="linear")
+    assert t.on_orders([order("X", "Filled", category="spot")], "websocket", 1.0) == []
+    [done] = t.on_orders([order("X", "Cancelled", category="linear")], "websocket", 2.0)
+    assert done is lin
+    got = done.outcome
+    assert got is not None and (got.category, got.status) == ("linear", OrderStatus.CANCELLED)
+    # The memory keeps the first: a later spot cancel of X is answered with the spot Filled, a
+    # later linear one is not answered from memory (another category's state) and goes to Bybit.
+    spot = register(
+        t, "s", category="spot", symbol="BTCUSDT", order_id="X", order_link_id=None, now=3
+    )
+    assert isinstance(spot, CancelResult) and spot.status is OrderStatus.FILLED
+    again = register(
+        t, "l", category="linear", symbol="BTCUSDT", order_id="X", order_link_id=None, now=3
+    )
+    assert isinstance(again, Pending)
+
+
+def test_a_final_push_without_order_id_resolves_with_its_own_state() -> None:
+    """Final pushes without an orderId (malformed) are not one order: a link-only cancel of
+    "mine" gets its own push's Cancelled, not the Filled of "other" seen before it."""
+    t: CancelTracker[Tagged] = CancelTracker()
+    mine = start(t, "mine", oid=None, link="mine")
+    assert t.on_orders([order("", "Filled", link="other")], "websocket", 1.0) == []
+    [done] = t.on_orders([order("", "Cancelled", link="mine")], "websocket", 2.0)
+    assert done is mine
+    got = done.outcome
+    assert got is not None and (got.order_link_id, got.status) == ("mine", OrderStatus.CANCELLED)
+
+
+def test_an_unreadable_final_state_gives_way_to_a_readable_one() -> None:
+    """A final push with a quantity that is not a number is remembered but answers nobody (the
+    call that got it raises; a new one goes to Bybit). Bybit's readable answer for the same order
+    then resolves the new call and replaces it in memory, instead of losing to it for as long
+    as the memory keeps it (recent_age)."""
+    t: CancelTracker[Tagged] = CancelTracker()
+    first = start(t, "first")
+    [done] = t.on_orders([order("o1", "Cancelled", cum="n/a")], "websocket", 1.0)
+    assert done is first
+    with pytest.raises(ArithmeticError):
+        _ = done.outcome
+    retry = t.start(Tagged("retry", "linear", "BTCUSDT", "o1", ""), now=2.0)
+    assert isinstance(retry, Pending)  # not answered from memory: the client asks Bybit
+    [done] = t.on_orders([order("o1", "Cancelled", cum="0.25")], "rest", 3.0)
+    assert done is retry
+    got = done.outcome
+    assert got is not None and got.status is OrderStatus.CANCELLED and got.source == "rest"
+    assert got.cum_exec_qty == Decimal("0.25")
+    # Remembered now: the next cancel is answered at once, with the readable state.
+    third = t.start(Tagged("third", "linear", "BTCUSDT", "o1", ""), now=4.0)
+    assert isinstance(third, CancelResult) and third.cum_exec_qty == Decimal("0.25")
+    # A readable state stays sticky: a later unreadable or different final changes nothing.
+    t.on_orders([order("o1", "Filled", cum="x")], "websocket", 5.0)
+    fourth = t.start(Tagged("fourth", "linear", "BTCUSDT", "o1", ""), now=6.0)
+    assert isinstance(fourth, CancelResult) and fourth.status is OrderStatus.CANCELLED
+
+
 def test_push_before_ack_resolves_on_acknowledge() -> None:
     """A link-only cancel whose push was remembered under the id resolves when the ack names it."""
     t: CancelTracker[Tagged] = CancelTracker()
