@@ -278,6 +278,8 @@ class BybitCancelClient:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._old_reconciles: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set by the aclose() that does the clean-up, once it has finished (see aclose).
+        self._closed: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -357,11 +359,23 @@ class BybitCancelClient:
 
         Every pending ``cancel_order`` fails with :class:`ClientClosedError`; the stream task stops,
         the socket closes, and the session closes if the client created it. Cancelling it is
-        safe: the rest of the clean-up still runs, then ``CancelledError`` propagates.
+        safe: the rest of the clean-up still runs, then ``CancelledError`` propagates. A call
+        made while another is closing the client returns once that clean-up has finished
+        (cancelling the waiting call leaves the clean-up alone).
         """
         if self._state is _State.CLOSED:
+            closing = self._closed
+            if closing is not None and not closing.done():
+                await asyncio.shield(closing)
             return
         self._state = _State.CLOSED
+        self._closed = closing = asyncio.get_running_loop().create_future()
+        try:
+            await self._close()
+        finally:
+            closing.set_result(None)
+
+    async def _close(self) -> None:
         closed = ClientClosedError("the client was closed before the cancel was confirmed")
         self._fail_pending(closed)
         if self._timers is not None:
@@ -370,8 +384,9 @@ class BybitCancelClient:
             for entry in self._timers.open_entries():
                 self._interrupt(entry, closed)
             self._timers.close()
-        # The state is CLOSED from here on, so a later aclose() returns at once: if this one is
-        # cancelled, the clean-up below still runs to its end before the cancellation goes on.
+        # The state is CLOSED from here on, so a later aclose() only waits for this one: if this
+        # one is cancelled, the clean-up below still runs to its end before the cancellation
+        # goes on.
         try:
             if self._stream is not None:
                 # First: a reconnect cannot start a reconcile after this.

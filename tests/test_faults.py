@@ -620,6 +620,38 @@ async def test_cancelling_aclose_still_cleans_up_and_propagates(fx: FakeExchange
         assert client_tasks() == [], steps
 
 
+async def test_a_second_aclose_returns_once_the_first_has_cleaned_up(fx: FakeExchange) -> None:
+    """A service closing the client from two places (its shutdown hook and an `async with`):
+    the aclose() that finds another one closing returns once everything is closed, not at once
+    with the stream's tasks still running and the session open. Cancelling such a waiting call
+    leaves the first one's clean-up alone."""
+    for steps in range(0, 4):
+        client = fast_client(fx)
+        await client.__aenter__()
+        session = client._session
+        first = asyncio.create_task(client.aclose())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(client.aclose(), 5)
+        assert session is not None and session.closed, steps
+        assert client_tasks() == [], steps
+        await asyncio.wait_for(first, 5)
+
+    client = fast_client(fx)
+    await client.__aenter__()
+    session = client._session
+    first = asyncio.create_task(client.aclose())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(client.aclose())
+    await asyncio.sleep(0)
+    assert second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(second, 5)
+    await asyncio.wait_for(first, 5)  # not cancelled with it
+    assert not first.cancelled()
+    assert session is not None and session.closed and client_tasks() == []
+
+
 async def test_close_while_the_stream_waits_for_its_heartbeat_does_not_hang(
     fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
