@@ -228,6 +228,13 @@ class BybitCancelClient:
             if not (isinstance(cred, str) and cred and cred.isascii() and cred.isprintable()):
                 raise ValueError(f"{name} must be a non-empty string of printable ASCII")
         self._creds = Credentials(api_key, api_secret)
+        for name, flag in (("testnet", testnet), ("demo", demo)):
+            if not isinstance(flag, bool):  # ("no" would be true, and pick the testnet)
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise ValueError(f"session must be an aiohttp.ClientSession or None, got {session!r}")
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self._rest_url, self._ws_url = resolve_urls(
             testnet=testnet, demo=demo, rest_url=rest_url, ws_url=ws_url
         )

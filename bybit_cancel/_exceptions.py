@@ -4,7 +4,7 @@ The tree::
 
     BybitError
     ├── BybitAPIError               the exchange answered with a non-zero retCode
-    │   ├── AuthenticationError     10003 / 10004 / 10005 / 10010 / 33004, or a refused websocket auth
+    │   ├── AuthenticationError     10003 / 10004 / 10005 / 10010 / 33004 / -2015, or a refused websocket auth
     │   └── OrderNotFound           the exchange has no such order at all (after a REST lookup)
     ├── HTTPStatusError             a non-200 HTTP answer without a Bybit envelope (403 IP ban, 5xx)
     ├── TransportError              the network kept failing past ``max_retries`` (when set)
@@ -82,7 +82,8 @@ class BybitAPIError(BybitError):
 
 
 class AuthenticationError(BybitAPIError):
-    """The exchange refused the credentials (REST 10003/10004/10005/10010, or websocket auth)."""
+    """The exchange refused the credentials (REST 10003/10004/10005/10010/33004, spot -2015, or
+    the websocket auth)."""
 
 
 class OrderNotFound(BybitAPIError):

@@ -14,6 +14,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -473,6 +474,22 @@ async def test_linear_partially_filled_cancel_keeps_cum_exec_qty(
         "0",
     )
     assert int(final["updatedTime"]) > int(partial["updatedTime"])
+
+
+async def test_a_fill_finer_than_the_order_qty_is_not_rounded(
+    fx: FakeExchange, rest: Rest, ws: Any
+) -> None:
+    """Quantities are padded to the order qty's decimals (spot, and REST, §4 and §8), never
+    rounded below them: 0.003 of a 0.01 order used to read "0.00" over REST while the fake's own
+    record said 0.003."""
+    for category in ("linear", "spot"):
+        order = fx.seed_order(category=category, qty="0.01")
+        fx.fill(order.order_id, "0.003")
+        [pushed] = (await next_push(ws))["data"]
+        [listed] = await rest.realtime(category, orderId=order.order_id)
+        assert Decimal(fx.order(order.order_id).cum_exec_qty) == Decimal("0.003")
+        for o in (pushed, listed):
+            assert (o["cumExecQty"], o["leavesQty"]) == ("0.003", "0.007"), (category, o)
 
 
 async def test_conditional_orders_deactivate(fx: FakeExchange, rest: Rest, ws: Any) -> None:

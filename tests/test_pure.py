@@ -406,6 +406,13 @@ def test_credentials_and_urls_are_checked_at_construction() -> None:
         ("recent_size", 0),
         ("recent_age", True),
         ("recent_age", float("inf")),
+        # Taken as they came, before: testnet="no" picked the testnet, session=123 failed in
+        # open() with an AttributeError, seed=[1] raised a TypeError.
+        ("testnet", "no"),
+        ("demo", 1),
+        ("session", 123),
+        ("seed", [1]),
+        ("seed", 1.5),
     ],
 )
 def test_bad_client_options_are_refused_at_construction(option: str, value: object) -> None:

@@ -126,6 +126,11 @@ def _plain(d: Decimal) -> str:
 
 
 def _padded(d: Decimal, places: int) -> str:
+    """``d`` with at least ``places`` decimals, never fewer than it has (a fill finer than the
+    order's qty, e.g. 0.003 of 0.01, must not read "0.00")."""
+    exp = d.normalize().as_tuple().exponent
+    if isinstance(exp, int) and -exp > places:
+        places = -exp
     return f"{d:.{places}f}"
 
 
