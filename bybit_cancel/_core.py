@@ -326,7 +326,7 @@ class CancelTracker(Generic[E]):
         removed.
         """
         entry.acknowledged = True
-        if order_link_id and not entry.order_link_id:
+        if order_link_id and not entry.order_link_id and not entry.linked:
             entry.order_link_id = order_link_id
         if not order_id or entry.order_id or entry.final is not None or entry.error is not None:
             # Nothing new learnt: a final state for this id would already have resolved it.
@@ -423,22 +423,27 @@ class CancelTracker(Generic[E]):
         """The final state an update resolves with when one is already remembered under its
         orderId: the remembered one, if it is the same order's, else the update's own."""
         order, first = final.order, known.order
-        if not order.order_id or (
-            order.category and first.category and order.category != first.category
+        # Past recent_age the remembered one is forgotten (only not evicted yet: that is lazy).
+        stale = known.at < final.at - self._recent_age
+        if not stale and (
+            not order.order_id or (first.category and order.category != first.category)
         ):
             # Another order's: no orderId to tell orders apart (malformed), or the same id in
-            # another category (the id indexes keep categories apart too). Not remembered: the
-            # memory keeps the first.
+            # another category, or in none (the id indexes keep categories apart too). Not
+            # remembered: the memory keeps the first.
             return final
-        if self._result(known) is None and self._result(final) is not None:
-            # The remembered one cannot be read (a quantity that is not a number), so it answers
-            # nobody; this one can: it takes its place (at the end: the memory stays oldest
-            # first).
-            recent = self._recent
+        if stale or (self._result(known) is None and self._result(final) is not None):
+            # Forgotten, or it cannot be read (a quantity that is not a number) and so answers
+            # nobody while this one can: this one takes its place, at the end (the memory stays
+            # oldest first).
+            recent, links = self._recent, self._recent_link
             del recent[order.order_id]
             recent[order.order_id] = final
+            gone = (first.category, first.order_link_id)
+            if first.order_link_id and links.get(gone) == order.order_id:
+                del links[gone]
             if order.order_link_id:
-                self._recent_link[(order.category, order.order_link_id)] = order.order_id
+                links[(order.category, order.order_link_id)] = order.order_id
             return final
         return known
 

@@ -271,6 +271,42 @@ def test_an_unreadable_final_state_gives_way_to_a_readable_one() -> None:
     assert isinstance(fourth, CancelResult) and fourth.status is OrderStatus.CANCELLED
 
 
+def test_a_final_state_past_recent_age_gives_way_to_a_new_one() -> None:
+    """A remembered state past recent_age is forgotten, only not evicted yet (eviction is
+    lazy): the same order's final state seen again (a REST lookup) is remembered afresh and
+    answers the next cancel, instead of losing to the forgotten one."""
+    t: CancelTracker[Tagged] = CancelTracker(recent_age=10.0)
+    t.on_orders([order("o1", link="L1")], "websocket", 0.0)
+    t.on_orders([order("o1", link="L2")], "rest", 20.0)
+    got = t.start(Tagged("w", "linear", "BTCUSDT", "o1", ""), now=21.0)
+    assert isinstance(got, CancelResult) and got.source == "rest" and got.order_link_id == "L2"
+    by_old_link = t.start(Tagged("x", "linear", "BTCUSDT", "", "L1"), now=21.0)
+    assert isinstance(by_old_link, Pending)  # the forgotten state's link id went with it
+
+
+def test_an_update_without_a_category_is_not_answered_with_another_categorys_state() -> None:
+    """A spot X filled (remembered); an update for X without a category matches the linear X
+    cancel (no category matches any): it resolves it with its own state, not the spot Filled."""
+    t: CancelTracker[Tagged] = CancelTracker()
+    lin = start(t, "lin", oid="X", category="linear")
+    assert t.on_orders([order("X", "Filled", category="spot")], "websocket", 1.0) == []
+    [done] = t.on_orders([order("X", "Cancelled", category="")], "websocket", 2.0)
+    assert done is lin and done.outcome is not None
+    assert done.outcome.status is OrderStatus.CANCELLED
+
+
+def test_forget_after_an_ack_naming_only_a_link_id_for_an_entry_with_no_id() -> None:
+    """An entry given neither id (the client never registers one) sits in the link index under
+    (category, ""): an ack naming a link id must not move it off that key, or forget() misses
+    it and it stays counted for ever."""
+    t: CancelTracker[Tagged] = CancelTracker()
+    e = t.start(Tagged("w", "linear", "BTCUSDT", "", ""), now=0.0)
+    assert isinstance(e, Tagged)
+    t.acknowledge(e, order_id="", order_link_id="L1", now=0.0)
+    t.forget(e)
+    assert len(t) == 0 and t.pending() == []
+
+
 def test_push_before_ack_resolves_on_acknowledge() -> None:
     """A link-only cancel whose push was remembered under the id resolves when the ack names it."""
     t: CancelTracker[Tagged] = CancelTracker()
