@@ -355,7 +355,8 @@ class RestClient:
                 raise self._api_error(env.ret_code, env.ret_msg)
             nano = server_time_decoder.decode(env.result).time_nano
             server_ms = int(nano) // 1_000_000 if nano else env.time
-        except (msgspec.DecodeError, ValueError):  # (ValidationError is a DecodeError)
+        except (msgspec.DecodeError, ValueError, RecursionError):  # (ValidationError is a
+            # DecodeError; msgspec raises RecursionError past ~1,000 levels of nesting.)
             # Only BybitError leaves here: the stream's re-auth and the 10002 retry catch that.
             raise HTTPStatusError(status, "undecodable server time: " + _snippet(body)) from None
         if server_ms <= 0:
@@ -418,6 +419,7 @@ class RestClient:
                         self._inflight += 1  # the common case: a free slot, no await, no allocation
                     else:
                         await self._wait_for_slot()
+                failed = ""
                 try:
                     try:
                         self.stats.requests += 1
@@ -455,13 +457,16 @@ class RestClient:
                             self._release_slot()  # before any backoff below
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     # Describe, never repr: aiohttp's reprs carry the request headers (signature).
-                    why = f"{method} {path} failed: {_describe(exc)}"
-                    failures += 1
+                    failed = f"{method} {path} failed: {_describe(exc)}"
                     # (A refused or failed connect sent nothing; anything later may have.)
                     landed = landed or not isinstance(exc, aiohttp.ClientConnectorError)
+                if failed:
+                    # Out of the except block: raised there, the error would keep aiohttp's
+                    # (its __context__), whose traceback holds the frames with the signed headers.
+                    failures += 1
                     if self._max_retries is not None and failures > self._max_retries:
-                        raise TransportError(why) from None
-                    await self._backoff(failures, why)
+                        raise TransportError(failed)
+                    await self._backoff(failures, failed)
                     continue
                 self.limiter.feed(key, headers)
                 if status != 200:
@@ -489,7 +494,7 @@ class RestClient:
                     raise HTTPStatusError(status, _snippet(body))
                 try:
                     env = decoder.decode(body)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, RecursionError):  # (RecursionError: deep nesting)
                     landed = True  # Bybit answered: it may have acted on the request
                     raise HTTPStatusError(status, "undecodable body: " + _snippet(body)) from None
                 code = env.ret_code

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
@@ -55,6 +56,23 @@ _ws_log.addFilter(_NoFrameDumps())
 
 
 _CONT, _TEXT, _BINARY = Opcode.CONT, Opcode.TEXT, Opcode.BINARY
+
+
+class _NoRedirectConnect(connect):
+    """websockets' ``connect`` that follows no redirect. A redirect would carry the auth (the API
+    key and a signature) to whatever host it names; REST refuses them for the same reason. The
+    redirect is raised as the handshake error it is (``InvalidStatus``)."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
+# No proxy from the environment (websockets reads it from 15 on; aiohttp runs with
+# trust_env=False): REST and the stream take the same path, and a proxy variable meant for
+# something else cannot fail the stream with an error that is not a TransportError.
+_NO_PROXY: dict[str, Any] = (
+    {"proxy": None} if "proxy" in inspect.signature(connect.__init__).parameters else {}
+)
 
 
 class _RoutingConnection(ClientConnection):
@@ -261,8 +279,10 @@ class PrivateStream:
         return await self._connect_once()
 
     async def _connect_once(self) -> _RoutingConnection:
+        # One deadline for the connect, the auth and the subscribe (handshake_timeout).
+        deadline = asyncio.get_running_loop().time() + self._handshake_timeout
         try:
-            ws = await connect(
+            ws = await _NoRedirectConnect(
                 self._url,
                 open_timeout=self._handshake_timeout,
                 close_timeout=1.0,
@@ -272,12 +292,13 @@ class PrivateStream:
                 max_queue=None,
                 logger=_ws_log,
                 create_connection=_RoutingConnection,
+                **_NO_PROXY,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise TransportError(f"websocket connect failed: {exc!r}") from exc
         ws = cast(_RoutingConnection, ws)  # (create_connection above)
         try:
-            async with asyncio.timeout(self._handshake_timeout):
+            async with asyncio.timeout_at(deadline):
                 expires = self._now_ms() + self._auth_expiry_ms
                 reply = await self._request(ws, "auth", ws_auth_args(self._creds, expires))
                 if not reply.success:
@@ -307,7 +328,14 @@ class PrivateStream:
         """Send one op and wait for its reply; frames that arrive meanwhile are routed as usual."""
         self._req += 1
         req_id = f"{op}-{self._req}"
-        await ws.send(encoder.encode({"req_id": req_id, "op": op, "args": args}).decode())
+        message = encoder.encode({"req_id": req_id, "op": op, "args": args}).decode()
+        # The auth's args and message hold its signature: neither stays in this frame, which
+        # the traceback of a failed open() keeps (locals shown by Sentry, rich, loguru...).
+        del args
+        try:
+            await ws.send(message)
+        finally:
+            del message
         while True:
             msg = self._route(await ws.take())
             if msg is not None and msg.op == op:
@@ -423,7 +451,7 @@ class PrivateStream:
         beyond the decode."""
         try:
             msg = ws_decoder.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # (msgspec: nesting past ~1,000 levels)
             return self._route_odd(raw)
         data = msg.data
         if data is not None:
@@ -443,8 +471,8 @@ class PrivateStream:
         others: decode its orders one by one. Anything else is ignored (and logged)."""
         try:
             obj = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            log.warning("ignoring a frame that is not JSON")
+        except (msgspec.DecodeError, RecursionError):
+            log.warning("ignoring a frame that is not JSON, or nested too deeply to read")
             return None
         if not isinstance(obj, dict):
             return None

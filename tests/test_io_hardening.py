@@ -1,0 +1,267 @@
+"""The I/O layers against hostile or odd peers (a review of 2026-12-01): deeply nested JSON,
+a redirect of the websocket, the auth's signature in a failed open's traceback, proxy settings
+in the environment, and one deadline for the whole websocket handshake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bybit_cancel import HTTPStatusError, TransportError
+from bybit_cancel._signing import Credentials
+from bybit_cancel._stream import PrivateStream
+from bybit_cancel.testing import FakeExchange
+
+from .conftest import SECRET, client_tasks, make_client
+from .helpers import make_rest, make_stream
+
+# Valid JSON, 2.4 kB, nested deeper than msgspec decodes: it raises RecursionError, not a
+# DecodeError, at about 1,000 levels.
+DEEP = "[" * 1200 + "]" * 1200
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve(handler: Handler) -> tuple[web.AppRunner, str]:
+    """An aiohttp server on 127.0.0.1 answering every path with ``handler``; (runner, host:port)."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"127.0.0.1:{runner.addresses[0][1]}"
+
+
+def stream_to(url: str, *, handshake_timeout: float = 1.0) -> PrivateStream:
+    return PrivateStream(
+        url,
+        Credentials("a-key-of-18-chars!", "s"),
+        now_ms=lambda: time.time_ns() // 1_000_000,
+        on_orders=lambda orders: None,
+        on_reconnected=lambda: None,
+        on_failed=lambda exc: None,
+        resync_clock=None,
+        ping_interval=20.0,
+        handshake_timeout=handshake_timeout,
+        auth_expiry_ms=10_000,
+        reconnect_backoff=(0.01, 0.05),
+        rng=random.Random(1),
+    )
+
+
+def chained_locals(exc: BaseException) -> Iterator[tuple[str, str, object]]:
+    """(function, name, value) of every local in the tracebacks of ``exc`` and of every error
+    it chains, as a reporter that shows locals (Sentry, rich, loguru's diagnose) can reach."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        tb = e.__traceback__
+        while tb is not None:
+            for name, value in tb.tb_frame.f_locals.items():
+                yield tb.tb_frame.f_code.co_name, name, value
+            tb = tb.tb_next
+        todo += [e.__cause__, e.__context__]
+
+
+# -- deeply nested JSON -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"op":"pong","args":' + DEEP + "}",  # nested in a field the router never reads
+        '{"topic":"order","data":[{"orderId":"x","orderStatus":"Cancelled","v":' + DEEP + "}]}",
+        DEEP,
+    ],
+    ids=["pong", "push", "bare"],
+)
+def test_a_deeply_nested_frame_is_ignored(frame: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The router used to let msgspec's RecursionError out: on a live connection that crashed
+    the stream task, and every pending and later call failed with "the private stream task
+    crashed"; during open(), open() raised the RecursionError itself. It is ignored and logged,
+    as any frame that cannot be read is."""
+    routed: list[object] = []
+    stream = make_stream(routed.append)
+    with caplog.at_level(logging.WARNING, logger="bybit_cancel"):
+        assert stream._route(frame.encode()) is None
+    assert routed == []
+    assert "nested too deeply" in caplog.text
+
+
+async def test_a_deeply_nested_rest_answer_is_a_typed_error() -> None:
+    """A 200 answer nested past msgspec's limit is an undecodable body (HTTPStatusError, and
+    the cancel may have landed), not a RecursionError out of the REST call."""
+    body = b'{"retCode":0,"retMsg":"OK","result":{},"retExtInfo":' + DEEP.encode() + b"}"
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    runner, host = await serve(answer)
+    try:
+        async with aiohttp.ClientSession() as session, asyncio.timeout(5):
+            rest = make_rest(session, f"http://{host}", max_retries=0)
+            with pytest.raises(HTTPStatusError, match="undecodable body") as info:
+                await rest.cancel({"category": "linear", "symbol": "BTCUSDT", "orderId": "o1"})
+            assert info.value.may_have_landed
+            with pytest.raises(HTTPStatusError, match="undecodable server time"):
+                await rest.server_time_ms()
+    finally:
+        await runner.cleanup()
+
+
+# -- the websocket's connect ----------------------------------------------------------------
+
+
+async def test_the_websocket_follows_no_redirect() -> None:
+    """A redirect of the private stream's URL used to be followed (websockets follows up to
+    ten), and the auth, with the API key and a signature, went to whatever host it named. As
+    REST does, the stream refuses it: a TransportError, and nothing sent elsewhere."""
+    received: list[Any] = []
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for frame in ws:
+            msg = json.loads(frame.data)
+            received.append(msg)
+            reply = {"op": msg["op"], "success": True, "ret_msg": "", "conn_id": "x"}
+            await ws.send_str(json.dumps(reply))
+        return ws
+
+    other, other_host = await serve(elsewhere)
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"ws://{other_host}/v5/private")
+
+    origin, origin_host = await serve(redirect)
+    stream = stream_to(f"ws://{origin_host}/v5/private")
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(TransportError, match="302"):
+                await stream.open()
+        assert received == []
+    finally:
+        await stream.close()
+        await other.cleanup()
+        await origin.cleanup()
+
+
+@pytest.mark.parametrize("peer", ["silent", "closes"])
+async def test_no_auth_signature_in_the_locals_of_a_failed_open(peer: str) -> None:
+    """The auth request's arguments (key, expires, signature) used to stay in `_request`'s
+    frame, which the TransportError of a failed open() chains (`from exc`): a reporter that
+    shows locals would show the signature. REST has kept its signed headers out of its
+    frames all along."""
+    auth: list[Any] = []
+
+    async def peer_side(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for frame in ws:
+            auth.append(json.loads(frame.data))
+            if peer == "closes":
+                await ws.close(code=1011)
+        return ws
+
+    runner, host = await serve(peer_side)
+    stream = stream_to(f"ws://{host}/v5/private", handshake_timeout=0.5)
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(TransportError) as info:
+                await stream.open()
+        signature = auth[0]["args"][2]
+        assert isinstance(signature, str) and len(signature) == 64
+        hits = [
+            (function, name)
+            for function, name, value in chained_locals(info.value)
+            if not function.startswith("test_") and signature in repr(value)
+        ]
+        assert hits == []
+    finally:
+        await stream.close()
+        await runner.cleanup()
+
+
+async def test_no_signed_headers_behind_a_rest_transport_error() -> None:
+    """A REST request that fails (here: the peer closes without answering) raises a
+    TransportError that chains nothing: raised inside the except block, it kept aiohttp's
+    error as its __context__, whose traceback holds the frames with the signed headers."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, aiohttp.ClientSession() as session, asyncio.timeout(5):
+        rest = make_rest(session, f"http://127.0.0.1:{port}", secret=SECRET, max_retries=0)
+        with pytest.raises(TransportError) as info:
+            await rest.cancel({"category": "linear", "symbol": "BTCUSDT", "orderId": "o1"})
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    for function, name, value in chained_locals(info.value):
+        assert "X-BAPI-SIGN" not in repr(value)[:10_000], (function, name)
+
+
+@pytest.mark.parametrize("proxy", ["socks5://127.0.0.1:1", "ftp://127.0.0.1:1"])
+async def test_proxy_settings_in_the_environment_are_not_used(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch, proxy: str
+) -> None:
+    """websockets (from 15 on) reads proxy variables from the environment where aiohttp, run
+    with trust_env=False, does not: the stream took another path than REST, and a proxy it
+    could not use failed open() with an ImportError or websockets' InvalidProxy. Neither
+    side uses them: the client connects as if they were unset."""
+    for name in ("all_proxy", "ALL_PROXY", "http_proxy", "https_proxy", "ws_proxy"):
+        monkeypatch.setenv(name, proxy)
+    client = make_client(fx)
+    try:
+        async with asyncio.timeout(5):
+            await client.open()
+            order = fx.seed_order()
+            result = await client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=order.order_id
+            )
+        assert result.cancelled
+    finally:
+        await client.aclose()
+    assert client_tasks() == []
+
+
+async def test_one_deadline_bounds_the_whole_handshake() -> None:
+    """handshake_timeout bounds the connect, the auth and the subscribe together, as documented:
+    it used to bound the connect, then again the auth and subscribe (up to twice as long). A
+    peer that takes 0.7 s to accept and 0.5 s to answer the auth misses a 1 s deadline."""
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.7)  # (the peer's latency: what the deadline is measured against)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for frame in ws:
+            msg = json.loads(frame.data)
+            if msg["op"] == "auth":
+                await asyncio.sleep(0.5)
+            reply = {"op": msg["op"], "success": True, "ret_msg": "", "conn_id": "x"}
+            await ws.send_str(json.dumps(reply))
+        return ws
+
+    runner, host = await serve(slow)
+    stream = stream_to(f"ws://{host}/v5/private", handshake_timeout=1.0)
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(TransportError, match="no reply in time"):
+                await stream.open()
+    finally:
+        await stream.close()
+        await runner.cleanup()
