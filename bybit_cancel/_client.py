@@ -287,6 +287,9 @@ class BybitCancelClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set by the aclose() that does the clean-up, once it has finished (see aclose).
         self._closed: asyncio.Future[None] | None = None
+        # entry -> its caller's Task.cancelling() just before we cancelled that task (rare: a
+        # deadline or a close while the caller is inside a REST call; see _interrupt_owner).
+        self._interrupt_bases: dict[Call, int] = {}
 
     def __repr__(self) -> str:
         return (
@@ -575,7 +578,11 @@ class BybitCancelClient:
         if not entry.interrupted or task is None:
             raise
         entry.interrupted = False
-        taken_back = task.uncancel() == 0  # not if someone else cancelled the caller too
+        # Ours to take back if the count returns to what it was before we cancelled: not if
+        # someone else cancelled the caller too. (Not "to 0": a caller already being cancelled,
+        # a shutdown handler cancelling its orders, say, starts above 0; so does a task that
+        # 3.12's TaskGroup left a count on. asyncio.timeout compares the same way.)
+        taken_back = task.uncancel() <= self._interrupt_bases.pop(entry, 0)
         del task
         if not taken_back:
             raise
@@ -588,6 +595,8 @@ class BybitCancelClient:
 
     def _end(self, entry: Call) -> None:
         entry.finish()  # closed: no wake-up reaches it any more
+        if self._interrupt_bases:  # (an interrupt the caller never took: it ended first)
+            self._interrupt_bases.pop(entry, None)
         entry.owner = None  # (a caller cancelled inside a REST call leaves it set)
         if entry.final is None and entry.error is None:
             self._tracker.forget(entry)  # (a resolved or failed entry is already out)
@@ -846,17 +855,15 @@ class BybitCancelClient:
         self._tracker.forget(entry)
         self._interrupt(entry, error)
 
-    @classmethod
-    def _interrupt(cls, entry: Call, error: BaseException) -> None:
+    def _interrupt(self, entry: Call, error: BaseException) -> None:
         """Fail one pending call with ``error`` (unless it has its final state) and make its
         caller notice now."""
         if entry.final is None and entry.error is None:
             entry.error = error
         entry.wake()  # a parked caller wakes and raises it
-        cls._interrupt_owner(entry)
+        self._interrupt_owner(entry)
 
-    @staticmethod
-    def _interrupt_owner(entry: Call) -> None:
+    def _interrupt_owner(self, entry: Call) -> None:
         owner = entry.owner
         # Any Task, not only asyncio.Task: the pure-Python Task (a custom task factory's, say) is
         # no subclass of the C one, and a call it runs must be interrupted just the same.
@@ -864,6 +871,7 @@ class BybitCancelClient:
             # The caller is inside a REST call (perhaps sleeping in a backoff): interrupt it;
             # cancel_order turns this cancellation (and only this one) into the outcome.
             entry.interrupted = True
+            self._interrupt_bases[entry] = owner.cancelling()  # type: ignore[attr-defined]
             owner.cancel()
 
     async def _reconcile(self, entries: list[Call]) -> None:

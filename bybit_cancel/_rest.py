@@ -356,7 +356,7 @@ class RestClient:
             nano = server_time_decoder.decode(env.result).time_nano
             server_ms = int(nano) // 1_000_000 if nano else env.time
         except (msgspec.DecodeError, ValueError, RecursionError):  # (ValidationError is a
-            # DecodeError; msgspec raises RecursionError past ~1,000 levels of nesting.)
+            # DecodeError; msgspec raises RecursionError past its nesting limit.)
             # Only BybitError leaves here: the stream's re-auth and the 10002 retry catch that.
             raise HTTPStatusError(status, "undecodable server time: " + _snippet(body)) from None
         if server_ms <= 0:

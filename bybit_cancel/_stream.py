@@ -193,6 +193,7 @@ class PrivateStream:
         self._task: asyncio.Task[None] | None = None
         self._opener: asyncio.Task[object] | None = None
         self._opener_cancelled = False
+        self._opener_base = 0  # the opener's cancelling() before close() cancelled it
         self._last_pong = 0.0
         self._req = 0
         self.state = ConnectionState.DISCONNECTED
@@ -216,7 +217,13 @@ class PrivateStream:
             ws = await self._connect()
         except asyncio.CancelledError:
             # close() cancels a connect in progress; turn that (and only that) into an error.
-            if self._opener_cancelled and opener is not None and opener.uncancel() == 0:
+            # (Back to the count before close()'s cancel: the opener may have been cancelled
+            # already, by a shutdown it is part of; then only someone else's cancel goes on.)
+            if (
+                self._opener_cancelled
+                and opener is not None
+                and opener.uncancel() <= self._opener_base
+            ):
                 raise ClientClosedError("the client was closed while it was connecting") from None
             raise
         except BaseException:
@@ -243,7 +250,12 @@ class PrivateStream:
         self.state = ConnectionState.CLOSED
         if self._opener is not None and not self._opener_cancelled:
             self._opener_cancelled = True
+            self._opener_base = self._opener.cancelling()
             self._opener.cancel()
+        # A cancel of the task closing us goes on; one it already had (a shutdown handler that
+        # closes the client, say) is not ours to raise.
+        closer = asyncio.current_task()
+        base = 0 if closer is None else closer.cancelling()
         task, self._task = self._task, None
         try:
             if task is not None:
@@ -253,7 +265,7 @@ class PrivateStream:
                 except asyncio.CancelledError:
                     # The stream task's own cancellation ends here; one of the task closing us
                     # goes on (after the socket is closed below).
-                    if _cancelling():
+                    if closer is not None and closer.cancelling() > base:
                         raise
         finally:
             ws, self._ws = self._ws, None
@@ -451,7 +463,7 @@ class PrivateStream:
         beyond the decode."""
         try:
             msg = ws_decoder.decode(raw)
-        except (msgspec.DecodeError, RecursionError):  # (msgspec: nesting past ~1,000 levels)
+        except (msgspec.DecodeError, RecursionError):  # (msgspec: nested past its limit)
             return self._route_odd(raw)
         data = msg.data
         if data is not None:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 import socket
+import sys
 from collections import Counter
 from typing import Any
 
@@ -919,3 +920,109 @@ async def test_bybit_idle_cut_and_our_heartbeat() -> None:
             await asyncio.sleep(1.0)  # several idle periods: the heartbeat keeps it alive
             assert client.reconnect_count == 0
             assert client.connection_state is ConnectionState.CONNECTED
+
+
+async def _cancel_from_a_shutdown_handler(fx: FakeExchange, *, close: bool) -> object:
+    """A bot's task, cancelled at shutdown, cancels its order in its `except CancelledError:`
+    block (its Task.cancelling() is 1 there). The cancel request hangs in REST (Bybit applied
+    it; the answer is held back) until the call's deadline, or aclose(), interrupts it.
+    Returns what that cancel_order call returned or raised."""
+    order = fx.seed_order()
+    fx.add_fault(Fault.REST_TIMEOUT, order_id=order.order_id, delay=10)
+    got: list[object] = []
+    waiting = asyncio.Event()
+    async with make_client(fx, http_timeout=20) as client:
+
+        async def bot() -> None:
+            try:
+                waiting.set()
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                try:
+                    got.append(
+                        await client.cancel_order(
+                            category="linear",
+                            symbol="BTCUSDT",
+                            order_id=order.order_id,
+                            timeout=0.5,
+                        )
+                    )
+                except BaseException as exc:  # (what the call raised is the result here)
+                    got.append(exc)
+                raise
+
+        task = asyncio.create_task(bot())
+        await asyncio.wait_for(waiting.wait(), 5)
+        task.cancel()
+        await wait_until(lambda: any(r.path == "/v5/order/cancel" for r in fx.requests))
+        if close:
+            await asyncio.wait_for(client.aclose(), 5)
+        with pytest.raises(asyncio.CancelledError):  # the bot's own shutdown goes on
+            await asyncio.wait_for(task, 5)
+    assert client_tasks() == []
+    return got[0]
+
+
+@pytest.mark.parametrize(("push", "close"), [(False, False), (True, False), (False, True)])
+async def test_a_call_from_a_shutdown_handler_gets_its_answer(
+    fx: FakeExchange, push: bool, close: bool
+) -> None:
+    """Interrupting a call inside REST cancels the caller's task, and cancel_order takes that
+    cancel back; it took it back only when the count came back to 0, so a caller already being
+    cancelled got CancelledError instead of its answer: a ConfirmationTimeout, a
+    ClientClosedError, or even a final state that had arrived (the order Cancelled, reported
+    as a CancelledError)."""
+    fx.push_delay = 0.0 if push else 30.0
+    got = await _cancel_from_a_shutdown_handler(fx, close=close)
+    if push:
+        assert isinstance(got, CancelResult) and got.status is OrderStatus.CANCELLED, repr(got)
+    elif close:
+        assert isinstance(got, ClientClosedError), repr(got)
+    else:
+        assert isinstance(got, ConfirmationTimeout), repr(got)
+
+
+async def test_aclose_from_a_cancelled_task_does_not_raise_its_cancel(fx: FakeExchange) -> None:
+    """A shutdown handler closes the client: aclose() finishes its clean-up and returns; the
+    task's own cancel (already delivered) is not raised again out of aclose()."""
+    closed: list[bool] = []
+    waiting = asyncio.Event()
+    client = make_client(fx)
+    await client.open()
+
+    async def service() -> None:
+        try:
+            waiting.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await client.aclose()
+            closed.append(True)  # reached: aclose() returned
+            raise
+
+    task = asyncio.create_task(service())
+    await asyncio.wait_for(waiting.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert closed == [True]
+    assert client_tasks() == []
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.11's TaskGroup has no such leak")
+async def test_aclose_after_a_task_group_whose_child_failed(fx: FakeExchange) -> None:
+    """Some 3.12 releases (3.12.1 here) leave a cancel count of 1 on the task of a TaskGroup
+    whose child failed, though nobody cancelled it: aclose() in that task used to raise
+    CancelledError as if it had been cancelled."""
+
+    async def fails() -> None:
+        raise ValueError("a sibling failed")
+
+    async with asyncio.timeout(10):
+        client = make_client(fx)
+        await client.open()
+        with pytest.raises(ExceptionGroup):
+            async with asyncio.TaskGroup() as group:
+                group.create_task(asyncio.Event().wait())
+                group.create_task(fails())
+        await client.aclose()
+    assert client_tasks() == []

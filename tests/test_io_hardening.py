@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bybit_cancel import HTTPStatusError, TransportError
+from bybit_cancel import BybitCancelClient, ClientClosedError, HTTPStatusError, TransportError
 from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import FakeExchange
@@ -24,9 +24,10 @@ from bybit_cancel.testing import FakeExchange
 from .conftest import SECRET, client_tasks, make_client
 from .helpers import make_rest, make_stream
 
-# Valid JSON, 2.4 kB, nested deeper than msgspec decodes: it raises RecursionError, not a
-# DecodeError, at about 1,000 levels.
-DEEP = "[" * 1200 + "]" * 1200
+# Valid JSON nested deeper than msgspec decodes: it raises RecursionError, not a DecodeError.
+# The depth it reaches depends on the Python (about 1,000 levels on 3.11; 1,200 decode on 3.12,
+# 5,000 on 3.13): 100,000 (200 kB, under websockets' 1 MiB limit) is past it on each.
+DEEP = "[" * 100_000 + "]" * 100_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -264,4 +265,53 @@ async def test_one_deadline_bounds_the_whole_handshake() -> None:
                 await stream.open()
     finally:
         await stream.close()
+        await runner.cleanup()
+
+
+async def test_aclose_during_an_open_from_a_shutdown_handler_is_client_closed() -> None:
+    """open() run by a task that is already being cancelled (count 1), and aclose() called
+    while it connects: open() raises ClientClosedError as documented. It took close()'s cancel
+    back only when the count came back to 0, and raised CancelledError."""
+    accepted = asyncio.Event()
+
+    async def mute(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        accepted.set()
+        async for _ in ws:  # never answers the auth
+            pass
+        return ws
+
+    runner, host = await serve(mute)
+    client = BybitCancelClient(
+        api_key="a-key-of-18-chars!",
+        api_secret=SECRET,
+        rest_url=f"http://{host}",
+        ws_url=f"ws://{host}/v5/private",
+    )
+    got: list[BaseException] = []
+    waiting = asyncio.Event()
+
+    async def service() -> None:
+        try:
+            waiting.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            try:
+                await client.open()
+            except BaseException as exc:  # (what open() raised is the result here)
+                got.append(exc)
+            raise
+
+    try:
+        task = asyncio.create_task(service())
+        await asyncio.wait_for(waiting.wait(), 5)
+        task.cancel()
+        await asyncio.wait_for(accepted.wait(), 5)
+        await asyncio.wait_for(client.aclose(), 5)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        assert len(got) == 1 and isinstance(got[0], ClientClosedError), got
+        assert client_tasks() == []
+    finally:
         await runner.cleanup()
