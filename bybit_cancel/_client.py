@@ -287,8 +287,8 @@ class BybitCancelClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Set by the aclose() that does the clean-up, once it has finished (see aclose).
         self._closed: asyncio.Future[None] | None = None
-        # entry -> its caller's Task.cancelling() just before we cancelled that task (rare: a
-        # deadline or a close while the caller is inside a REST call; see _interrupt_owner).
+        # entry -> its caller task's cancel count when the call began, where not 0 (rare: a
+        # call made by a task already being cancelled; see _own and _after_interrupt).
         self._interrupt_bases: dict[Call, int] = {}
 
     def __repr__(self) -> str:
@@ -490,7 +490,7 @@ class BybitCancelClient:
         self._arm(entry, timeout)
         try:
             # The fast path: send and note the ack (_send), park until the push.
-            entry.owner = asyncio.current_task()
+            self._own(entry)
             try:
                 await self._send(entry, order_filter, on_ack)
             except Exception:
@@ -562,6 +562,15 @@ class BybitCancelClient:
                 entry, order_id=ack.order_id, order_link_id=ack.order_link_id, now=time.monotonic()
             )
 
+    def _own(self, entry: Call) -> None:
+        """The caller's task takes the entry, so that a deadline or a close can interrupt it
+        inside a REST call (_interrupt_owner). The task's cancel count now is what such an
+        interrupt is measured against, as asyncio.timeout measures at its start: a count taken
+        at the interrupt would include a cancel someone else requested just before it."""
+        task = entry.owner = asyncio.current_task()
+        if task is not None and task.cancelling():  # (0 but in a task being cancelled already)
+            self._interrupt_bases[entry] = task.cancelling()
+
     def _park_first(self, entry: Call) -> None:
         timers, loop = self._timers, self._loop
         assert timers is not None and loop is not None
@@ -582,7 +591,7 @@ class BybitCancelClient:
         # someone else cancelled the caller too. (Not "to 0": a caller already being cancelled,
         # a shutdown handler cancelling its orders, say, starts above 0; so does a task that
         # 3.12's TaskGroup left a count on. asyncio.timeout compares the same way.)
-        taken_back = task.uncancel() <= self._interrupt_bases.pop(entry, 0)
+        taken_back = task.uncancel() <= self._interrupt_bases.get(entry, 0)
         del task
         if not taken_back:
             raise
@@ -595,7 +604,7 @@ class BybitCancelClient:
 
     def _end(self, entry: Call) -> None:
         entry.finish()  # closed: no wake-up reaches it any more
-        if self._interrupt_bases:  # (an interrupt the caller never took: it ended first)
+        if self._interrupt_bases:  # (a call made by a task already being cancelled)
             self._interrupt_bases.pop(entry, None)
         entry.owner = None  # (a caller cancelled inside a REST call leaves it set)
         if entry.final is None and entry.error is None:
@@ -871,7 +880,6 @@ class BybitCancelClient:
             # The caller is inside a REST call (perhaps sleeping in a backoff): interrupt it;
             # cancel_order turns this cancellation (and only this one) into the outcome.
             entry.interrupted = True
-            self._interrupt_bases[entry] = owner.cancelling()  # type: ignore[attr-defined]
             owner.cancel()
 
     async def _reconcile(self, entries: list[Call]) -> None:

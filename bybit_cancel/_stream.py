@@ -193,7 +193,7 @@ class PrivateStream:
         self._task: asyncio.Task[None] | None = None
         self._opener: asyncio.Task[object] | None = None
         self._opener_cancelled = False
-        self._opener_base = 0  # the opener's cancelling() before close() cancelled it
+        self._opener_base = 0  # the opener's cancel count when open() began
         self._last_pong = 0.0
         self._req = 0
         self.state = ConnectionState.DISCONNECTED
@@ -213,6 +213,9 @@ class PrivateStream:
         self.state = ConnectionState.CONNECTING
         opener = asyncio.current_task()
         self._opener = opener
+        # Its cancel count now is what close()'s cancel is measured against (as asyncio.timeout
+        # measures at its start): above 0 in a task being cancelled already.
+        self._opener_base = 0 if opener is None else opener.cancelling()
         try:
             ws = await self._connect()
         except asyncio.CancelledError:
@@ -250,7 +253,6 @@ class PrivateStream:
         self.state = ConnectionState.CLOSED
         if self._opener is not None and not self._opener_cancelled:
             self._opener_cancelled = True
-            self._opener_base = self._opener.cancelling()
             self._opener.cancel()
         # A cancel of the task closing us goes on; one it already had (a shutdown handler that
         # closes the client, say) is not ours to raise.
@@ -346,6 +348,9 @@ class PrivateStream:
         del args
         try:
             await ws.send(message)
+        except BaseException as exc:
+            # Its traceback holds websockets' send() frame, whose `message` is ours.
+            raise exc.with_traceback(None)  # noqa: B904 (the same error: nothing to chain)
         finally:
             del message
         while True:

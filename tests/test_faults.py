@@ -32,6 +32,7 @@ from bybit_cancel import (
 )
 from bybit_cancel._rest import RestClient
 from bybit_cancel._stream import PrivateStream
+from bybit_cancel._timers import DEADLINE
 from bybit_cancel.testing import BYBIT_RATE_LIMITS, FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
@@ -1026,3 +1027,69 @@ async def test_aclose_after_a_task_group_whose_child_failed(fx: FakeExchange) ->
                 group.create_task(fails())
         await client.aclose()
     assert client_tasks() == []
+
+
+async def test_a_cancel_requested_before_our_interrupt_is_not_swallowed(fx: FakeExchange) -> None:
+    """Shutdown written as `worker.cancel(); await client.aclose()`: the worker's cancel is
+    requested, not yet delivered, when aclose() interrupts its call inside REST. One
+    CancelledError reaches the worker for both; it must stay a cancel (the worker's task ends
+    cancelled), not turn into the ClientClosedError that aclose() alone would give."""
+    order = fx.seed_order()
+    fx.add_fault(Fault.REST_TIMEOUT, order_id=order.order_id, delay=10)
+    got: list[object] = []
+    client = make_client(fx, http_timeout=20)
+    await client.open()
+
+    async def worker() -> None:
+        try:
+            got.append(
+                await client.cancel_order(
+                    category="linear", symbol="BTCUSDT", order_id=order.order_id, timeout=5
+                )
+            )
+        except BybitError as exc:  # a worker that logs the library's errors and goes on
+            got.append(exc)
+
+    task = asyncio.create_task(worker())
+    await wait_until(lambda: any(r.path == "/v5/order/cancel" for r in fx.requests))
+    task.cancel()
+    async with asyncio.timeout(5):  # (in this task: wait_for would run aclose in another)
+        await client.aclose()
+    await asyncio.wait_for(asyncio.wait([task]), 5)
+    assert task.cancelled() and got == [], got
+    assert client_tasks() == []
+
+
+async def test_a_user_timeout_that_fired_first_is_not_lost(fx: FakeExchange) -> None:
+    """The caller's own asyncio.timeout and our deadline fire in the same turn of the loop (a
+    busy loop), the call inside REST with its push arrived: the user's timeout is raised,
+    not swallowed by our taking our cancel back (the rest of the `async with` block used to
+    run on, unbounded)."""
+    order = fx.seed_order()
+    fx.add_fault(Fault.REST_TIMEOUT, order_id=order.order_id, delay=10)
+    client = make_client(fx, http_timeout=20)
+    await client.open()
+    after: list[str] = []
+    user_timeout = asyncio.timeout(30)
+
+    async def caller() -> None:
+        async with user_timeout:
+            await client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=order.order_id, timeout=30
+            )
+            after.append("returned inside the expired timeout")
+
+    task = asyncio.create_task(caller())
+    try:
+        await wait_until(lambda: any(r.path == "/v5/order/cancel" for r in fx.requests))
+        timers = client._timers
+        assert timers is not None
+        (entry,) = timers.open_entries()
+        await wait_until(lambda: entry.final is not None)  # the push beat the held-back ack
+        loop = asyncio.get_running_loop()
+        user_timeout.reschedule(loop.time() - 1)  # the user's timeout fires...
+        loop.call_soon(client._on_timer, entry, DEADLINE, 30.0)  # ...then our deadline
+        await asyncio.wait_for(asyncio.wait([task]), 5)
+    finally:
+        await client.aclose()
+    assert after == [] and isinstance(task.exception(), TimeoutError), (after, task)

@@ -315,3 +315,64 @@ async def test_aclose_during_an_open_from_a_shutdown_handler_is_client_closed() 
         assert client_tasks() == []
     finally:
         await runner.cleanup()
+
+
+async def test_a_cancel_of_open_requested_before_aclose_stays_a_cancel() -> None:
+    """`opening.cancel(); await client.aclose()` while open() connects: the opener's own cancel
+    was requested before close()'s; one CancelledError reaches it for both, and it must end
+    cancelled, not with the ClientClosedError that close() alone gives."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        try:
+            await reader.read()  # never answers the websocket upgrade
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        client = BybitCancelClient(
+            api_key="a-key-of-18-chars!",
+            api_secret=SECRET,
+            rest_url=f"http://127.0.0.1:{port}",
+            ws_url=f"ws://127.0.0.1:{port}/v5/private",
+            handshake_timeout=30,
+        )
+        opening = asyncio.create_task(client.open())
+        await asyncio.wait_for(accepted.wait(), 5)
+        opening.cancel()
+        async with asyncio.timeout(5):
+            await client.aclose()
+        await asyncio.wait_for(asyncio.wait([opening]), 5)
+        assert opening.cancelled(), opening
+        assert client_tasks() == []
+
+
+async def test_no_auth_signature_behind_a_send_that_fails() -> None:
+    """The peer closes right after the upgrade, so the auth's send() itself may fail: its
+    error's traceback held websockets' send() frame, whose `message` is the signed auth."""
+
+    async def hang_up(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close(code=1011)
+        return ws
+
+    runner, host = await serve(hang_up)
+    stream = stream_to(f"ws://{host}/v5/private", handshake_timeout=0.5)
+    try:
+        for _ in range(20):  # (whether send() or the read sees the close first is a race)
+            async with asyncio.timeout(5):
+                with pytest.raises(TransportError) as info:
+                    await stream.open()
+            hits = [
+                (function, name)
+                for function, name, value in chained_locals(info.value)
+                if not function.startswith("test_") and '"op":"auth"' in repr(value)
+            ]
+            assert hits == [], hits
+    finally:
+        await stream.close()
+        await runner.cleanup()
