@@ -309,7 +309,8 @@ class PrivateStream:
                 **_NO_PROXY,
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            raise TransportError(f"websocket connect failed: {exc!r}") from exc
+            # (Capped: a refused upgrade's repr carries the whole HTTP response, body included.)
+            raise TransportError(f"websocket connect failed: {exc!r:.300}") from exc
         ws = cast(_RoutingConnection, ws)  # (create_connection above)
         try:
             async with asyncio.timeout_at(deadline):
