@@ -433,12 +433,13 @@ async def _best_of(
     return best
 
 
-def _print_best(
-    best: dict[int, dict[str, float]], names: tuple[str, ...], column: str, unit: str
+def _print_rates(
+    rates: dict[int, dict[str, float]], names: tuple[str, ...], column: str, unit: str
 ) -> None:
+    """One row per name, one column per frame size (a best or a median, as the caller says)."""
     print(f"{column:<16}{'1/frame':>14}{'10/frame':>14}   ({unit})")
     for name in names:
-        print(f"{name:<16}{best[1][name]:>14,.0f}{best[10][name]:>14,.0f}")
+        print(f"{name:<16}{rates[1][name]:>14,.0f}{rates[10][name]:>14,.0f}")
 
 
 def _versus_json(timed: Timed, path: str) -> list[float]:
@@ -478,7 +479,7 @@ async def throughput(
         pf: {name: median([u / t for u, t in runs]) for name, runs in by.items()}
         for pf, by in chunks.items()
     }
-    _print_best(rates, PATHS, "path", "order updates/s")
+    _print_rates(rates, PATHS, "path", "order updates/s")
     for pf in (1, 10):
         timed = chunks[pf]
         # The rate is the machine's as much as the code's: it counts at the 90th percentile of
@@ -538,7 +539,7 @@ async def throughput(
         f"best of {rounds} rounds"
     )
     parked = await _best_of(rounds, lambda pf: parked_in_process(ws_n, pf))
-    _print_best(parked, ("bybit_cancel", "floor"), "client", "calls resumed/s")
+    _print_rates(parked, ("bybit_cancel", "floor"), "client", "calls resumed/s")
     for pf in (1, 10):
         ours, base = parked[pf]["bybit_cancel"], parked[pf]["floor"]
         print(

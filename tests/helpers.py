@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +95,30 @@ def make_stream(
         reconnect_backoff=(0.1, 1),
         rng=random.Random(1),
     )
+
+
+async def in_shutdown_handler(
+    work: Callable[[], Awaitable[object]],
+) -> tuple[asyncio.Task[None], list[object]]:
+    """Start a task, cancel it, and have its ``except CancelledError:`` block run ``work()``, as
+    a bot's shutdown handler does (its Task.cancelling() is 1 there). Returns the task, which
+    ends cancelled once ``work()`` is over, and a list that then holds what ``work()`` returned
+    or raised."""
+    got: list[object] = []
+    waiting = asyncio.Event()
+
+    async def handler() -> None:
+        try:
+            waiting.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            try:
+                got.append(await work())
+            except BaseException as exc:  # (what the work raised is its result here)
+                got.append(exc)
+            raise
+
+    task = asyncio.create_task(handler())
+    await asyncio.wait_for(waiting.wait(), 5)
+    task.cancel()
+    return task, got

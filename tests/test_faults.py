@@ -36,7 +36,7 @@ from bybit_cancel._timers import DEADLINE
 from bybit_cancel.testing import BYBIT_RATE_LIMITS, FakeExchange, Fault
 
 from .conftest import KEY, SECRET, client_tasks, make_client
-from .helpers import cancel_until_acked, wait_until
+from .helpers import cancel_until_acked, in_shutdown_handler, wait_until
 
 FAST = {
     "push_grace": 0.2,
@@ -601,17 +601,26 @@ async def test_deadline_interrupts_a_rest_backoff_in_any_task(
     assert cancel_requests(fx) >= 2  # it did retry until the deadline
 
 
+async def _closing_after(
+    fx: FakeExchange, steps: int
+) -> tuple[BybitCancelClient, aiohttp.ClientSession | None, asyncio.Task[None]]:
+    """An open client whose aclose() runs in a task that has had ``steps`` turns of the loop;
+    returns the client, its session and that task."""
+    client = fast_client(fx)
+    await client.__aenter__()
+    session = client._session
+    closing = asyncio.create_task(client.aclose())
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    return client, session, closing
+
+
 async def test_cancelling_aclose_still_cleans_up_and_propagates(fx: FakeExchange) -> None:
     """aclose() cancelled at any of its steps: the cancellation propagates (it used to be
     swallowed while the stream task stopped) and the clean-up still runs to its end (it used to
     leave the session open once the state said closed, so a second aclose() did nothing)."""
     for steps in range(1, 8):
-        client = fast_client(fx)
-        await client.__aenter__()
-        session = client._session
-        closing = asyncio.create_task(client.aclose())
-        for _ in range(steps):
-            await asyncio.sleep(0)
+        _, session, closing = await _closing_after(fx, steps)
         cancelled = closing.cancel()
         if cancelled:
             with pytest.raises(asyncio.CancelledError):
@@ -628,12 +637,7 @@ async def test_a_second_aclose_returns_once_the_first_has_cleaned_up(fx: FakeExc
     with the stream's tasks still running and the session open. Cancelling such a waiting call
     leaves the first one's clean-up alone."""
     for steps in range(0, 4):
-        client = fast_client(fx)
-        await client.__aenter__()
-        session = client._session
-        first = asyncio.create_task(client.aclose())
-        for _ in range(steps):
-            await asyncio.sleep(0)
+        client, session, first = await _closing_after(fx, steps)
         await asyncio.wait_for(client.aclose(), 5)
         assert session is not None and session.closed, steps
         assert client_tasks() == [], steps
@@ -925,36 +929,16 @@ async def test_bybit_idle_cut_and_our_heartbeat() -> None:
 
 async def _cancel_from_a_shutdown_handler(fx: FakeExchange, *, close: bool) -> object:
     """A bot's task, cancelled at shutdown, cancels its order in its `except CancelledError:`
-    block (its Task.cancelling() is 1 there). The cancel request hangs in REST (Bybit applied
-    it; the answer is held back) until the call's deadline, or aclose(), interrupts it.
-    Returns what that cancel_order call returned or raised."""
+    block. The cancel request hangs in REST (Bybit applied it; the answer is held back) until
+    the call's deadline, or aclose(), interrupts it. Returns what that call returned or raised."""
     order = fx.seed_order()
     fx.add_fault(Fault.REST_TIMEOUT, order_id=order.order_id, delay=10)
-    got: list[object] = []
-    waiting = asyncio.Event()
     async with make_client(fx, http_timeout=20) as client:
-
-        async def bot() -> None:
-            try:
-                waiting.set()
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                try:
-                    got.append(
-                        await client.cancel_order(
-                            category="linear",
-                            symbol="BTCUSDT",
-                            order_id=order.order_id,
-                            timeout=0.5,
-                        )
-                    )
-                except BaseException as exc:  # (what the call raised is the result here)
-                    got.append(exc)
-                raise
-
-        task = asyncio.create_task(bot())
-        await asyncio.wait_for(waiting.wait(), 5)
-        task.cancel()
+        task, got = await in_shutdown_handler(
+            lambda: client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=order.order_id, timeout=0.5
+            )
+        )
         await wait_until(lambda: any(r.path == "/v5/order/cancel" for r in fx.requests))
         if close:
             await asyncio.wait_for(client.aclose(), 5)
@@ -986,26 +970,12 @@ async def test_a_call_from_a_shutdown_handler_gets_its_answer(
 async def test_aclose_from_a_cancelled_task_does_not_raise_its_cancel(fx: FakeExchange) -> None:
     """A shutdown handler closes the client: aclose() finishes its clean-up and returns; the
     task's own cancel (already delivered) is not raised again out of aclose()."""
-    closed: list[bool] = []
-    waiting = asyncio.Event()
     client = make_client(fx)
     await client.open()
-
-    async def service() -> None:
-        try:
-            waiting.set()
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            await client.aclose()
-            closed.append(True)  # reached: aclose() returned
-            raise
-
-    task = asyncio.create_task(service())
-    await asyncio.wait_for(waiting.wait(), 5)
-    task.cancel()
+    task, got = await in_shutdown_handler(client.aclose)
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
-    assert closed == [True]
+    assert got == [None]  # aclose() returned
     assert client_tasks() == []
 
 

@@ -22,7 +22,7 @@ from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import FakeExchange
 
 from .conftest import SECRET, client_tasks, make_client
-from .helpers import make_rest, make_stream
+from .helpers import in_shutdown_handler, make_rest, make_stream
 
 # Valid JSON nested deeper than msgspec decodes: it raises RecursionError, not a DecodeError.
 # The depth it reaches depends on the Python (about 1,000 levels on 3.11; 1,200 decode on 3.12,
@@ -290,24 +290,8 @@ async def test_aclose_during_an_open_from_a_shutdown_handler_is_client_closed() 
         rest_url=f"http://{host}",
         ws_url=f"ws://{host}/v5/private",
     )
-    got: list[BaseException] = []
-    waiting = asyncio.Event()
-
-    async def service() -> None:
-        try:
-            waiting.set()
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            try:
-                await client.open()
-            except BaseException as exc:  # (what open() raised is the result here)
-                got.append(exc)
-            raise
-
     try:
-        task = asyncio.create_task(service())
-        await asyncio.wait_for(waiting.wait(), 5)
-        task.cancel()
+        task, got = await in_shutdown_handler(client.open)
         await asyncio.wait_for(accepted.wait(), 5)
         await asyncio.wait_for(client.aclose(), 5)
         with pytest.raises(asyncio.CancelledError):
