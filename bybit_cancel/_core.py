@@ -323,13 +323,18 @@ class CancelTracker(Generic[E]):
         """Record Bybit's acknowledgement; learns the order id when only the link id was given.
 
         Returns the final state if it is already known (the push beat the ack); the entry is then
-        removed.
+        removed. An entry no longer registered (forgotten or failed) learns nothing.
         """
         entry.acknowledged = True
         if order_link_id and not entry.order_link_id and not entry.linked:
             entry.order_link_id = order_link_id
         if not order_id or entry.order_id or entry.final is not None or entry.error is not None:
             # Nothing new learnt: a final state for this id would already have resolved it.
+            return None
+        if not entry.linked:
+            # Not registered (forgotten, failed, or answered by start()): an entry with no order
+            # id sits in the link index while it is. Filing it under the id now would leave it
+            # uncounted, for a later push to resolve and count off.
             return None
         entry.order_id = order_id
         self._by_id.add(order_id, entry)

@@ -307,6 +307,24 @@ def test_forget_after_an_ack_naming_only_a_link_id_for_an_entry_with_no_id() -> 
     assert len(t) == 0 and t.pending() == []
 
 
+def test_acknowledge_after_forget_files_nothing() -> None:
+    """An ack that arrives for a link-only entry already forgotten (its call timed out or was
+    cancelled) files nothing: a later push for the order resolves nobody and the count stays 0."""
+    t: CancelTracker[Tagged] = CancelTracker()
+    e = start(t, oid=None, link="L")
+    t.forget(e)
+    assert t.acknowledge(e, order_id="o1", order_link_id="L", now=0.0) is None
+    assert len(t) == 0 and t.pending() == []
+    assert t.on_orders([order("o1", link="L")], "websocket", 1.0) == []
+    assert len(t) == 0
+    # The same for one that fail_all() removed.
+    f = start(t, oid=None, link="M")
+    t.fail_all(RuntimeError("closed"))
+    assert t.acknowledge(f, order_id="o2", order_link_id="M", now=0.0) is None
+    assert t.on_orders([order("o2", link="M")], "websocket", 1.0) == []
+    assert len(t) == 0 and t.pending() == []
+
+
 def test_push_before_ack_resolves_on_acknowledge() -> None:
     """A link-only cancel whose push was remembered under the id resolves when the ack names it."""
     t: CancelTracker[Tagged] = CancelTracker()
