@@ -377,7 +377,7 @@ async def loopback(
     where the fake ran.
 
     A round parks both clients' cancels first and then releases them back to back, in turns
-    which goes first: this VM's speed swings by up to 2 x from one second to the next (a
+    which goes first (and, every other round, which parks first): this VM's speed swings by up to 2 x from one second to the next (a
     client's CPU per frame read 15-19 us in one second and 27-31 us in the next, item 35), and
     a pair measured within a tenth of a second mostly shares one speed, where one that parked
     its cancels in between (seconds) often did not."""
@@ -394,7 +394,14 @@ async def loopback(
             runs: dict[str, list[tuple[float, float]]] = {"bybit_cancel": [], "floor": []}
             for r in range(rounds):
                 order: list[tuple[int, Any]] = [(0, ours), (1, floor)]
-                parked = [await park(fake, book, client, n, per_frame) for book, client in order]
+                # Which client parks first alternates too, every other round, so that over four
+                # rounds each pairing of (parks first, released first) comes up once: the one
+                # parked last has its calls' memory the most recently touched.
+                parks = [0, 1] if (r // 2) % 2 == 0 else [1, 0]
+                parked: list[Any] = [None, None]
+                for i in parks:
+                    book, client = order[i]
+                    parked[i] = await park(fake, book, client, n, per_frame)
                 gc.collect()
                 turns = [0, 1] if r % 2 == 0 else [1, 0]
                 for i in turns:
