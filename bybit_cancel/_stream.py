@@ -310,7 +310,7 @@ class PrivateStream:
             )
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             # (Capped: a refused upgrade's repr carries the whole HTTP response, body included.)
-            raise TransportError(f"websocket connect failed: {exc!r:.300}") from exc
+            raise TransportError(self._scrub(f"websocket connect failed: {exc!r:.300}")) from exc
         ws = cast(_RoutingConnection, ws)  # (create_connection above)
         try:
             async with asyncio.timeout_at(deadline):
@@ -318,19 +318,23 @@ class PrivateStream:
                 reply = await self._request(ws, "auth", ws_auth_args(self._creds, expires))
                 if not reply.success:
                     # (Scrubbed as REST's are: Bybit's reply could echo the key.)
-                    refused = scrub_key(reply.ret_msg, self._creds.api_key)
+                    refused = self._scrub(reply.ret_msg)
                     raise AuthenticationError(WS_NO_RET_CODE, f"websocket auth refused: {refused}")
                 reply = await self._request(ws, "subscribe", ["order"])
                 if not reply.success:
-                    raise BybitAPIError(
-                        WS_NO_RET_CODE, f"websocket subscribe refused: {reply.ret_msg}"
-                    )
+                    # (Scrubbed as the auth's is: its ret_msg is Bybit's free text, e.g. "error:
+                    # handler not found,topic:..." (§3 Subscribe), on a connection that sent the key.)
+                    refused = self._scrub(reply.ret_msg)
+                    raise BybitAPIError(WS_NO_RET_CODE, f"websocket subscribe refused: {refused}")
         except TimeoutError as exc:
             await _close_ws(ws)
             raise TransportError("websocket auth/subscribe got no reply in time") from exc
         except ConnectionClosed as exc:
             await _close_ws(ws)
-            raise TransportError(f"websocket closed during auth/subscribe: {exc!r}") from exc
+            # (Scrubbed: the peer's close reason is its own text, on a connection that sent the key.)
+            raise TransportError(
+                self._scrub(f"websocket closed during auth/subscribe: {exc!r}")
+            ) from exc
         except BaseException:
             await _close_ws(ws)
             raise
@@ -338,6 +342,11 @@ class PrivateStream:
         self._last_pong = asyncio.get_running_loop().time()
         log.info("private stream connected and subscribed to order (conn_id %s)", self.conn_id)
         return ws
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (a peer's words, in an error or a log) with the API key shown by its first
+        four characters, as REST errors show it (_signing.scrub_key)."""
+        return scrub_key(text, self._creds.api_key)
 
     async def _request(self, ws: _RoutingConnection, op: str, args: list[str | int]) -> WsMessage:
         """Send one op and wait for its reply; frames that arrive meanwhile are routed as usual."""

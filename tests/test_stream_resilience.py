@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bybit_cancel import (
     AuthenticationError,
+    BybitAPIError,
     BybitError,
     ConnectionState,
     OrderStatus,
@@ -112,7 +113,9 @@ class PrivateEndpoint:
     (tests/fixtures/bybit/ws-private/) and then, per connection, as its plan says:
     "flap" closes right after the subscribe ack, "ping" closes on the first ping (so the
     connection outlived a ping interval), "hold" stays up answering pings, "echo" refuses the
-    auth with a ret_msg that quotes the request's arguments, API key included."""
+    auth with a ret_msg that quotes the request's arguments, API key included; "echo-sub" does
+    the same to the subscribe (quoting the auth's), and "close-key" closes the connection at
+    the auth with a close reason that quotes the API key."""
 
     def __init__(self, plan: list[str]) -> None:
         self.plan = plan
@@ -141,6 +144,7 @@ class PrivateEndpoint:
         self.connections += 1
         mode = self.plan[n] if n < len(self.plan) else "hold"
         conn_id = f"conn-{n}"
+        auth_args: list[object] = []
         async for frame in ws:
             if frame.type is not aiohttp.WSMsgType.TEXT:
                 break
@@ -152,9 +156,14 @@ class PrivateEndpoint:
                 pong = {"req_id": req_id, "op": "pong", "args": [str(time.time_ns() // 10**6)]}
                 await ws.send_str(json.dumps({**pong, "conn_id": conn_id}))
                 continue
+            if op == "auth":
+                auth_args = msg["args"]
+                if mode == "close-key":
+                    await ws.close(code=1008, message=f"bad key {auth_args[0]}".encode())
+                    break
             ack = {"req_id": req_id, "success": True, "ret_msg": "", "op": op, "conn_id": conn_id}
-            if op == "auth" and mode == "echo":
-                ack = {**ack, "success": False, "ret_msg": f"Params Error: {msg.get('args')}"}
+            if (op, mode) in (("auth", "echo"), ("subscribe", "echo-sub")):
+                ack = {**ack, "success": False, "ret_msg": f"Params Error: {auth_args}"}
             await ws.send_str(json.dumps(ack))
             if op == "subscribe" and mode == "flap":
                 break
@@ -175,6 +184,37 @@ async def test_refused_auth_quoting_the_api_key_does_not_carry_it() -> None:
     assert server.connections == 1
     assert "Params Error" in info.value.ret_msg and "AbCd***" in info.value.ret_msg
     assert key not in info.value.ret_msg and key not in str(info.value)
+    assert client_tasks() == []
+
+
+async def test_refused_subscribe_quoting_the_api_key_does_not_carry_it() -> None:
+    """A refused subscribe's ret_msg went into its BybitAPIError (and the reconnect loop's log
+    line) as sent, key and all, where the auth's was scrubbed: it is scrubbed the same way."""
+    key = "AbCdEfGhIjKlMnOpQr"
+    async with PrivateEndpoint(["echo-sub"]) as server:
+        stream = make_stream(
+            server.url, random.Random(3), backoff=(0.01, 0.1), creds=Credentials(key, "s")
+        )
+        with pytest.raises(BybitAPIError) as info:
+            await asyncio.wait_for(stream.open(), 5)
+    assert not isinstance(info.value, AuthenticationError)
+    assert "Params Error" in info.value.ret_msg and "AbCd***" in info.value.ret_msg
+    assert key not in str(info.value) and key not in repr(info.value)
+    assert client_tasks() == []
+
+
+async def test_a_close_reason_quoting_the_api_key_does_not_carry_it() -> None:
+    """The peer closes the connection at the auth with a reason that quotes the key: the
+    TransportError quoted the close (reason and all) as sent; it shows the key scrubbed."""
+    key = "AbCdEfGhIjKlMnOpQr"
+    async with PrivateEndpoint(["close-key"]) as server:
+        stream = make_stream(
+            server.url, random.Random(3), backoff=(0.01, 0.1), creds=Credentials(key, "s")
+        )
+        with pytest.raises(TransportError, match="closed during auth") as info:
+            await asyncio.wait_for(stream.open(), 5)
+    assert "bad key AbCd***" in str(info.value)
+    assert key not in str(info.value) and key not in repr(info.value)
     assert client_tasks() == []
 
 
