@@ -207,8 +207,10 @@ class PrivateStream:
 
         Raises:
             AuthenticationError: the exchange refused the websocket auth (after a clock resync).
-            TransportError: the connection or the handshake failed or timed out, or the auth
-                was refused and the clock resync failed.
+            BybitAPIError: the exchange refused the subscription to ``order``.
+            TransportError: the connection or the handshake failed or timed out (the message
+                names the phase: connect, auth or subscribe), or the auth was refused and the
+                clock resync failed.
         """
         self.state = ConnectionState.CONNECTING
         opener = asyncio.current_task()
@@ -293,25 +295,39 @@ class PrivateStream:
         return await self._connect_once()
 
     async def _connect_once(self) -> _RoutingConnection:
-        # One deadline for the connect, the auth and the subscribe (handshake_timeout).
-        deadline = asyncio.get_running_loop().time() + self._handshake_timeout
+        # One deadline for the connect, the auth and the subscribe (handshake_timeout); a
+        # failure names the phase it ended in.
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + self._handshake_timeout
+        limit = asyncio.timeout_at(deadline)
         try:
-            ws = await _NoRedirectConnect(
-                self._url,
-                open_timeout=self._handshake_timeout,
-                close_timeout=1.0,
-                # Liveness is the application-level ping/pong Bybit asks for (§3 Heartbeat).
-                ping_interval=None,
-                compression=None,
-                max_queue=None,
-                logger=_ws_log,
-                create_connection=_RoutingConnection,
-                **_NO_PROXY,
-            )
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            async with limit:
+                ws = await _NoRedirectConnect(
+                    self._url,
+                    open_timeout=None,  # (bounded by `limit`, the handshake's one deadline)
+                    close_timeout=1.0,
+                    # Liveness is the application-level ping/pong Bybit asks for (§3 Heartbeat).
+                    ping_interval=None,
+                    compression=None,
+                    max_queue=None,
+                    logger=_ws_log,
+                    create_connection=_RoutingConnection,
+                    **_NO_PROXY,
+                )
+        except (OSError, InvalidHandshake, InvalidURI) as exc:  # (TimeoutError is an OSError)
+            if limit.expired():  # ours; not, say, the system's own connect timeout (ETIMEDOUT)
+                raise TransportError(self._connect_too_slow()) from exc
             # (Capped: a refused upgrade's repr carries the whole HTTP response, body included.)
             raise TransportError(self._scrub(f"websocket connect failed: {exc!r:.300}")) from exc
         ws = cast(_RoutingConnection, ws)  # (create_connection above)
+        connected = loop.time()
+        if connected >= deadline:
+            # The connect came back just as the deadline passed (before its timer ran): the
+            # connect used it up, and an auth sent now could only time out.
+            await _close_ws(ws)
+            raise TransportError(self._connect_too_slow())
+        phase = "auth"
         try:
             async with asyncio.timeout_at(deadline):
                 expires = self._now_ms() + self._auth_expiry_ms
@@ -320,6 +336,7 @@ class PrivateStream:
                     # (Scrubbed as REST's are: Bybit's reply could echo the key.)
                     refused = self._scrub(reply.ret_msg)
                     raise AuthenticationError(WS_NO_RET_CODE, f"websocket auth refused: {refused}")
+                phase = "subscribe"
                 reply = await self._request(ws, "subscribe", ["order"])
                 if not reply.success:
                     # (Scrubbed as the auth's is: its ret_msg is Bybit's free text, e.g. "error:
@@ -328,13 +345,14 @@ class PrivateStream:
                     raise BybitAPIError(WS_NO_RET_CODE, f"websocket subscribe refused: {refused}")
         except TimeoutError as exc:
             await _close_ws(ws)
-            raise TransportError("websocket auth/subscribe got no reply in time") from exc
+            raise TransportError(
+                f"websocket {phase} got no reply in time (handshake_timeout "
+                f"{self._handshake_timeout:g}s, {connected - start:.2f}s of it taken by the connect)"
+            ) from exc
         except ConnectionClosed as exc:
             await _close_ws(ws)
             # (Scrubbed: the peer's close reason is its own text, on a connection that sent the key.)
-            raise TransportError(
-                self._scrub(f"websocket closed during auth/subscribe: {exc!r}")
-            ) from exc
+            raise TransportError(self._scrub(f"websocket closed during {phase}: {exc!r}")) from exc
         except BaseException:
             await _close_ws(ws)
             raise
@@ -342,6 +360,12 @@ class PrivateStream:
         self._last_pong = asyncio.get_running_loop().time()
         log.info("private stream connected and subscribed to order (conn_id %s)", self.conn_id)
         return ws
+
+    def _connect_too_slow(self) -> str:
+        return (
+            "websocket connect did not complete within handshake_timeout "
+            f"({self._handshake_timeout:g}s)"
+        )
 
     def _scrub(self, text: str) -> str:
         """``text`` (a peer's words, in an error or a log) with the API key shown by its first

@@ -16,7 +16,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bybit_cancel import BybitCancelClient, ClientClosedError, HTTPStatusError, TransportError
+from bybit_cancel import (
+    BybitCancelClient,
+    ClientClosedError,
+    HTTPStatusError,
+    TransportError,
+    _stream,
+)
 from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import FakeExchange
@@ -262,8 +268,69 @@ async def test_one_deadline_bounds_the_whole_handshake() -> None:
     stream = stream_to(f"ws://{host}/v5/private", handshake_timeout=1.0)
     try:
         async with asyncio.timeout(5):
-            with pytest.raises(TransportError, match="no reply in time"):
+            with pytest.raises(
+                TransportError,
+                match=r"^websocket auth got no reply in time .* 0\.[7-9]\ds of it taken by the connect",
+            ):
                 await stream.open()
+    finally:
+        await stream.close()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("phase", ["upgrade", "late connect", "auth", "subscribe"])
+async def test_a_handshake_timeout_names_the_phase_that_timed_out(
+    phase: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error of a handshake past handshake_timeout said "auth/subscribe" whatever was slow,
+    even when the connect had used the deadline up: it names the phase that was running when
+    the deadline passed. A connect that comes back just as the deadline passed ("late connect":
+    the loop stalled, so the deadline's timer had not run) used it up too: no auth is sent."""
+    timeout = 0.3
+    ops: list[str] = []
+    handled = asyncio.Event()
+
+    async def peer(request: web.Request) -> web.StreamResponse:
+        try:
+            if phase == "upgrade":
+                await asyncio.Event().wait()  # never answers the upgrade
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for frame in ws:
+                op = json.loads(frame.data)["op"]
+                ops.append(op)
+                if op != phase:  # (the slow phase gets no reply)
+                    reply = {"op": op, "success": True, "ret_msg": "", "conn_id": "x"}
+                    await ws.send_str(json.dumps(reply))
+            return ws
+        finally:
+            handled.set()
+
+    if phase == "late connect":
+        real = _stream._NoRedirectConnect
+
+        async def late_connect(*args: Any, **kwargs: Any) -> object:
+            ws = await real(*args, **kwargs)
+            time.sleep(timeout)  # noqa: ASYNC251 - a stalled loop: the connect returns late
+            return ws
+
+        monkeypatch.setattr(_stream, "_NoRedirectConnect", late_connect)
+    runner, host = await serve(peer)
+    stream = stream_to(f"ws://{host}/v5/private", handshake_timeout=timeout)
+    named = "connect" if phase in ("upgrade", "late connect") else phase
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(TransportError) as info:
+                await stream.open()
+            if phase != "upgrade":
+                await handled.wait()  # the peer has seen all it will see
+        message = str(info.value)
+        assert message.startswith(f"websocket {named} "), message
+        assert f"{timeout:g}s" in message, message
+        if named == "connect":
+            assert ops == []
+        else:
+            assert ops == ["auth", "subscribe"][: ops.index(phase) + 1]
     finally:
         await stream.close()
         await runner.cleanup()
