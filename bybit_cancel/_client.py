@@ -318,9 +318,10 @@ class BybitCancelClient:
             AuthenticationError: the exchange refused the websocket auth (after one clock
                 resync).
             BybitAPIError: the exchange refused the subscription to the ``order`` topic.
-            TransportError: the stream could not be reached or did not answer in time (the
-                message names the phase: connect, auth or subscribe), or the auth was refused
-                and the clock could not be measured.
+            TransportError: the stream could not be reached, refused or redirected the upgrade
+                (a redirect is never followed), or did not answer in time (the message names
+                the phase: connect, auth or subscribe); or the auth was refused and the clock
+                could not be measured.
             ClientClosedError: :meth:`aclose` was called while connecting.
             RuntimeError: the client was opened before.
 

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
 
@@ -61,7 +61,9 @@ _CONT, _TEXT, _BINARY = Opcode.CONT, Opcode.TEXT, Opcode.BINARY
 class _NoRedirectConnect(connect):
     """websockets' ``connect`` that follows no redirect. A redirect would carry the auth (the API
     key and a signature) to whatever host it names; REST refuses them for the same reason. The
-    redirect is raised as the handshake error it is (``InvalidStatus``)."""
+    redirect is raised as the handshake error it is (``InvalidStatus``): a ``TransportError``
+    from ``open()``, and on a reconnect a failed attempt, retried as any refused upgrade is
+    (see ``_reconnect_forever``)."""
 
     def process_redirect(self, exc: Exception) -> Exception | str:
         return exc
@@ -209,7 +211,8 @@ class PrivateStream:
             AuthenticationError: the exchange refused the websocket auth (after a clock resync).
             BybitAPIError: the exchange refused the subscription to ``order``.
             TransportError: the connection or the handshake failed or timed out (the message
-                names the phase: connect, auth or subscribe), or the auth was refused and the
+                names the phase: connect, auth or subscribe), the upgrade was refused or
+                redirected (a redirect is never followed), or the auth was refused and the
                 clock resync failed.
         """
         self.state = ConnectionState.CONNECTING
@@ -318,8 +321,7 @@ class PrivateStream:
         except (OSError, InvalidHandshake, InvalidURI) as exc:  # (TimeoutError is an OSError)
             if limit.expired():  # ours; not, say, the system's own connect timeout (ETIMEDOUT)
                 raise TransportError(self._connect_too_slow()) from exc
-            # (Capped: a refused upgrade's repr carries the whole HTTP response, body included.)
-            raise TransportError(self._scrub(f"websocket connect failed: {exc!r:.300}")) from exc
+            raise TransportError(self._scrub(_connect_failure(exc))) from exc
         ws = cast(_RoutingConnection, ws)  # (create_connection above)
         connected = loop.time()
         if connected >= deadline:
@@ -435,6 +437,13 @@ class PrivateStream:
                 self._on_failed(exc)
                 return
             except (TransportError, BybitAPIError) as exc:
+                # Anything short of a refused auth is retried: no connection, a timeout, an HTTP
+                # refusal of the upgrade (401, 403, 5xx alike) or a redirect. A redirect is never
+                # followed, and retrying the URL sends nothing but an upgrade request; meanwhile
+                # every cancel confirms over REST after push_grace, and the stream comes back if
+                # the redirect stops. Giving up would fail every pending and later call, REST
+                # ones included, which a redirect of the stream does not stop; only a refused
+                # auth (REST signs with the same key) proves the client cannot work.
                 log.warning("private stream reconnect %d failed: %s", attempt, exc)
                 continue
             self.reconnects += 1
@@ -535,6 +544,20 @@ class PrivateStream:
         else:
             log.warning("ignoring a frame of unexpected shape (op=%r)", obj.get("op"))
         return None
+
+
+def _connect_failure(exc: Exception) -> str:
+    """The message of a failed websocket connect. A redirect is named as such: it is refused,
+    never followed (_NoRedirectConnect)."""
+    if isinstance(exc, InvalidStatus) and 300 <= exc.response.status_code < 400:
+        location = exc.response.headers.get_all("Location")
+        target = f" to {location[0]!r:.200}" if location else ""
+        return (
+            f"websocket connect redirected (HTTP {exc.response.status_code}{target}): not "
+            "followed, a redirect would take the auth elsewhere"
+        )
+    # (Capped: a refused upgrade's repr carries the whole HTTP response, body included.)
+    return f"websocket connect failed: {exc!r:.300}"
 
 
 def _cancelling() -> bool:

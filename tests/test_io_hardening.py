@@ -19,6 +19,7 @@ from aiohttp import web
 from bybit_cancel import (
     BybitCancelClient,
     ClientClosedError,
+    ConnectionState,
     HTTPStatusError,
     TransportError,
     _stream,
@@ -27,8 +28,8 @@ from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import FakeExchange
 
-from .conftest import SECRET, client_tasks, make_client
-from .helpers import in_shutdown_handler, make_rest, make_stream
+from .conftest import KEY, SECRET, client_tasks, make_client
+from .helpers import in_shutdown_handler, make_rest, make_stream, wait_until
 
 # Valid JSON nested deeper than msgspec decodes: it raises RecursionError, not a DecodeError.
 # The depth it reaches depends on the Python (about 1,000 levels on 3.11; 1,200 decode on 3.12,
@@ -157,7 +158,7 @@ async def test_the_websocket_follows_no_redirect() -> None:
     stream = stream_to(f"ws://{origin_host}/v5/private")
     try:
         async with asyncio.timeout(5):
-            with pytest.raises(TransportError, match="302") as info:
+            with pytest.raises(TransportError, match=r"redirected \(HTTP 302 to") as info:
                 await stream.open()
         assert received == []
         assert len(str(info.value)) < 400  # (not the whole response: its body is 12 kB)
@@ -221,6 +222,69 @@ async def test_no_signed_headers_behind_a_rest_transport_error() -> None:
     assert info.value.__context__ is None and info.value.__cause__ is None
     for function, name, value in chained_locals(info.value):
         assert "X-BAPI-SIGN" not in repr(value)[:10_000], (function, name)
+
+
+async def test_a_redirect_on_a_reconnect_is_retried_never_followed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream lost after open() whose reconnects meet a redirect: the redirect is not
+    followed (nothing reaches its target), the stream does not give up (no failed state, no
+    error for the calls: a redirect of the stream does not stop REST), a cancel made meanwhile
+    gets its final state over REST, the log names the redirect, and the stream comes back
+    once the redirect stops."""
+    reached: list[str] = []
+
+    async def target(request: web.Request) -> web.StreamResponse:
+        reached.append(request.path)
+        return web.Response(status=404)
+
+    other, other_host = await serve(target)
+    exchange = FakeExchange(api_key=KEY, api_secret=SECRET, seed=7)
+    real_ws = exchange._h_ws
+    redirecting = asyncio.Event()
+    redirected = asyncio.Event()
+
+    async def h_ws(request: web.Request) -> web.StreamResponse:
+        if redirecting.is_set():
+            redirected.set()
+            raise web.HTTPFound(f"ws://{other_host}/v5/private")
+        return await real_ws(request)
+
+    monkeypatch.setattr(exchange, "_h_ws", h_ws)  # start() routes to it
+    try:
+        with caplog.at_level(logging.WARNING, logger="bybit_cancel"):
+            async with (
+                exchange as fx,
+                make_client(fx, push_grace=0.2, reconnect_backoff=(0.01, 0.05)) as client,
+            ):
+                redirecting.set()
+                await fx.disconnect_all()
+                await asyncio.wait_for(redirected.wait(), 5)
+                order = fx.seed_order()
+                result = await client.cancel_order(
+                    category="linear", symbol="BTCUSDT", order_id=order.order_id, timeout=5
+                )
+                assert result.cancelled and result.source == "rest"
+                state = client.connection_state  # (still retrying: not failed)
+                assert state is ConnectionState.RECONNECTING and client.reconnect_count == 0
+                redirecting.clear()
+                await wait_until(lambda: client.reconnect_count == 1)
+                assert client.connection_state is ConnectionState.CONNECTED
+                again = fx.seed_order()
+                result = await client.cancel_order(
+                    category="linear", symbol="BTCUSDT", order_id=again.order_id, timeout=5
+                )
+                assert result.cancelled and result.source == "websocket"
+        assert reached == []
+        assert any(
+            r.levelno == logging.WARNING
+            and "redirected (HTTP 302 to" in r.getMessage()
+            and "not followed" in r.getMessage()
+            for r in caplog.records
+        ), caplog.text
+        assert client_tasks() == []
+    finally:
+        await other.cleanup()
 
 
 @pytest.mark.parametrize("proxy", ["socks5://127.0.0.1:1", "ftp://127.0.0.1:1"])
