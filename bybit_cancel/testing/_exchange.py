@@ -219,6 +219,8 @@ class FakeOrder:
     trigger_direction: int = 0
     avg_price: str = ""
     _cancel_pending: bool = field(default=False, init=False, repr=False)
+    # The `set_chaos` epoch in which this order's first cancel drew (-1: never).
+    _chaos_epoch: int = field(default=-1, init=False, repr=False)
 
     @property
     def is_final(self) -> bool:
@@ -233,6 +235,7 @@ class _FaultSpec:
     remaining: int | None
     delay: float
     applied: bool
+    seq: int = 0  # arming order: among the faults that match a cancel, the first armed fires
 
 
 @dataclass(eq=False)
@@ -268,6 +271,35 @@ class FakeExchange:
     ``rate_limits=BYBIT_RATE_LIMITS`` for Bybit's own (10/s for a linear cancel, 20/s for a spot
     one), or any ``{endpoint: per_second}``, where a key ``"<endpoint> <category>"`` sets one
     category's limit.
+
+    What it records for tests: ``requests`` (every HTTP request, as ``RecordedRequest``),
+    ``ws_received`` (every JSON object received on a websocket) and ``fault_log`` (``(order id,
+    Fault)`` for every fault that fired), oldest first; ``pushes_sent`` and ``auth_count``.
+
+    Memory stays bounded however long it runs (a bot's test suite, a soak run):
+
+    - ``max_recorded`` (default 10,000) bounds ``requests``, ``ws_received`` and
+      ``fault_log``, which stay lists: each keeps its newest ``max_recorded`` entries and
+      drops older ones in batches, so it holds at most ``max_recorded + max_recorded // 4``.
+      ``0`` records nothing, ``None`` keeps everything. (Chaos notes its draw on the order,
+      which forgets it with the order; for the ids of orders it does not know, it remembers
+      the newest ``max_recorded``.)
+    - ``history_limit`` (default 10,000) bounds the finished orders (Filled, Cancelled,
+      PartiallyFilledCanceled, Rejected, Deactivated) remembered per category. Past it, the
+      category's order that finished first is forgotten, as Bybit's history ages out, oldest first
+      (protocol §8): ``order()``, ``/v5/order/realtime`` and ``/v5/order/history`` no longer
+      find it, a cancel of it answers "does not exist", its ``orderLinkId`` is free again, and
+      the targeted faults aimed at it (by its id or link id) are dropped unfired. It must be
+      at least ``realtime_closed_limit``: Bybit still finds its recent 500 closed orders per
+      category by id. ``None`` never forgets.
+    - Kept regardless: every open order (New, PartiallyFilled, Untriggered), however old;
+      ``pushes_sent`` and ``auth_count``; faults not aimed at a known order (untargeted ones,
+      or aimed at an id no order has) until they fire or ``clear_faults()``.
+
+    Both bounds are attributes too; a change applies from the next record or finished order.
+
+    Raises ``ValueError`` (before any I/O) for a bound that is not ``None`` or an integer >= 0,
+    or a ``history_limit`` below ``realtime_closed_limit``.
     """
 
     def __init__(
@@ -283,7 +315,26 @@ class FakeExchange:
         idle_timeout: float | None = 600.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        max_recorded: int | None = 10_000,
+        history_limit: int | None = 10_000,
     ) -> None:
+        for name, bound in (("max_recorded", max_recorded), ("history_limit", history_limit)):
+            # (A bool is an int to Python: True would read as 1, so it is refused too.)
+            if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool)):
+                raise ValueError(f"{name} must be None or an integer >= 0, got {bound!r}")
+            if bound is not None and bound < 0:
+                raise ValueError(f"{name} must be None or an integer >= 0, got {bound!r}")
+        if (
+            history_limit is not None
+            and isinstance(realtime_closed_limit, int)
+            and history_limit < realtime_closed_limit
+        ):
+            # protocol §8: a closed order is found by id in /v5/order/realtime while it is among
+            # the recent `realtime_closed_limit` of its category: the fake must still know it.
+            raise ValueError(
+                f"history_limit ({history_limit}) must be at least realtime_closed_limit "
+                f"({realtime_closed_limit}): /v5/order/realtime still finds those orders by id"
+            )
         self.push_delay = push_delay
         self.recv_window_check = recv_window_check
         self.rate_limits: dict[str, int] = dict(rate_limits or {})
@@ -300,11 +351,15 @@ class FakeExchange:
         # protocol §8: history "may delay". An order that has ended shows in /v5/order/history
         # only this many seconds after its last update (0: at once).
         self.history_delay: float = 0.0
+        # Diagnostic records, newest last, bounded by `max_recorded` (see the class docstring).
+        self.max_recorded = max_recorded
         self.requests: list[RecordedRequest] = []
         self.ws_received: list[dict[str, Any]] = []
         self.pushes_sent: int = 0
         self.auth_count: int = 0
         self.fault_log: list[tuple[str, Fault]] = []
+        # protocol §8: Bybit's history ages out, oldest first; finished orders kept per category.
+        self.history_limit = history_limit
 
         self._host = host
         self._port = port
@@ -319,15 +374,20 @@ class FakeExchange:
         self._by_link: dict[str, str] = {}
         self._open: dict[tuple[str, str], dict[str, FakeOrder]] = {}
         self._rt_closed: dict[str, OrderedDict[str, None]] = {}
-        self._history: dict[str, dict[str, None]] = {}
+        # Finished orders by category, in the order they finished (the oldest is forgotten first).
+        self._history: dict[str, OrderedDict[str, None]] = {}
 
         self._windows: dict[tuple[str, str], deque[float]] = {}
-        self._faults: list[_FaultSpec] = []
+        self._faults: list[_FaultSpec] = []  # untargeted, in arming order
+        self._targeted: dict[str, list[_FaultSpec]] = {}  # by the name they are aimed at
+        self._fault_seq = itertools.count()
         self._chaos_rate = 0.0
         self._chaos_rng = random.Random(1)
         self._chaos_faults: tuple[Fault, ...] = _CHAOS_DEFAULT
         self._chaos_delay = 1.0
-        self._chaos_drawn: set[str] = set()
+        self._chaos_epoch = 0
+        # Chaos draws for ids the fake does not know (known orders carry their own draw).
+        self._chaos_drawn: OrderedDict[str, None] = OrderedDict()
 
         self._conns: dict[str, _Conn] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -467,11 +527,13 @@ class FakeExchange:
         )
 
     def order(self, order_id: str) -> FakeOrder:
-        """The fake's record of ``order_id`` (KeyError if unknown)."""
+        """The fake's record of ``order_id`` (KeyError if unknown, or forgotten: a finished
+        order past ``history_limit``)."""
         return self._orders[order_id]
 
     def order_by_link_id(self, order_link_id: str) -> FakeOrder:
-        """The fake's record of the order with this ``orderLinkId`` (KeyError if unknown)."""
+        """The fake's record of the order with this ``orderLinkId`` (KeyError if unknown, or
+        forgotten)."""
         return self._orders[self._by_link[order_link_id]]
 
     def fill(
@@ -568,13 +630,19 @@ class FakeExchange:
         """Arm ``fault`` for the next ``times`` cancels (``None`` = every time).
 
         ``order_id`` aims it at one order (matched against the cancel's orderId/orderLinkId and
-        the order's id/link id); ``None`` aims it at any cancel. Targeted faults win.
+        the order's id/link id); ``None`` aims it at any cancel. Targeted faults win. A fault
+        aimed at an order is dropped unfired if the order is forgotten (``history_limit``).
         """
-        self._faults.append(_FaultSpec(Fault(fault), order_id, times, delay, applied))
+        spec = _FaultSpec(Fault(fault), order_id, times, delay, applied, next(self._fault_seq))
+        if order_id is None:
+            self._faults.append(spec)
+        else:
+            self._targeted.setdefault(order_id, []).append(spec)
 
     def clear_faults(self) -> None:
         """Disarm every fault added with ``add_fault`` (chaos is unaffected)."""
         self._faults.clear()
+        self._targeted.clear()
 
     def set_chaos(
         self,
@@ -592,6 +660,7 @@ class FakeExchange:
         self._chaos_rng = random.Random(seed)
         self._chaos_faults = tuple(faults) if faults is not None else _CHAOS_DEFAULT
         self._chaos_delay = delay
+        self._chaos_epoch += 1  # every order may draw again
         self._chaos_drawn.clear()
 
     def _pick_fault(
@@ -603,37 +672,70 @@ class FakeExchange:
             if order.order_link_id:
                 names.add(order.order_link_id)
         chosen: _FaultSpec | None = None
-        for targeted in (True, False):
+        # Targeted faults first: the first armed among those aimed at any of the names (each
+        # name's list is in arming order), looked up by name, so the cost does not grow with the
+        # faults armed for other orders.
+        if self._targeted:
+            for name in names:
+                for spec in self._targeted.get(name, ()):
+                    if cancellable or spec.fault in _TRANSPORT_FAULTS:
+                        if chosen is None or spec.seq < chosen.seq:
+                            chosen = spec
+                        break
+        if chosen is None:
             for spec in self._faults:
-                if targeted != (spec.order_id is not None):
-                    continue
-                if targeted and spec.order_id not in names:
-                    continue
-                if not cancellable and spec.fault not in _TRANSPORT_FAULTS:
-                    continue
-                chosen = spec
-                break
-            if chosen is not None:
-                break
+                if cancellable or spec.fault in _TRANSPORT_FAULTS:
+                    chosen = spec
+                    break
         if chosen is not None:
             if chosen.remaining is not None:
                 chosen.remaining -= 1
                 if chosen.remaining <= 0:
-                    self._faults.remove(chosen)
+                    self._disarm(chosen)
             return chosen
         if self._chaos_rate > 0 and self._chaos_faults:
             # One draw per order: its first cancel request. A re-sent cancel (after a 502, a
             # timeout, a 10002...) is not drawn again, so "rate" is the share of cancels that
-            # meet a fault, and a fault happens "once before succeeding".
-            key = order.order_id if order is not None else (req_ids[0] or req_ids[1])
-            if key in self._chaos_drawn:
-                return None
-            self._chaos_drawn.add(key)
+            # meet a fault, and a fault happens "once before succeeding". A known order carries
+            # its draw (and forgets it with the order); an unknown id is remembered like a record.
+            if order is not None:
+                if order._chaos_epoch == self._chaos_epoch:
+                    return None
+                order._chaos_epoch = self._chaos_epoch
+            else:
+                key = req_ids[0] or req_ids[1]
+                if key in self._chaos_drawn:
+                    return None
+                self._chaos_drawn[key] = None
+                limit = self.max_recorded
+                if limit is not None and len(self._chaos_drawn) > limit:
+                    self._chaos_drawn.popitem(last=False)
             hit = self._chaos_rng.random() < self._chaos_rate
             fault = self._chaos_rng.choice(self._chaos_faults)
             if hit and (cancellable or fault in _TRANSPORT_FAULTS):
                 return _FaultSpec(fault, None, 1, self._chaos_delay, False)
         return None
+
+    def _disarm(self, spec: _FaultSpec) -> None:
+        if spec.order_id is None:
+            self._faults.remove(spec)
+            return
+        specs = self._targeted.get(spec.order_id)
+        if specs is not None and spec in specs:
+            specs.remove(spec)
+            if not specs:
+                del self._targeted[spec.order_id]
+
+    def _record(self, records: list[Any], item: Any) -> None:
+        """Append to a diagnostic record, keeping its newest ``max_recorded`` entries.
+
+        The oldest are dropped in batches (when the list passes the bound by a quarter), so the
+        cost per append stays O(1) on the fake's hot path.
+        """
+        records.append(item)
+        limit = self.max_recorded
+        if limit is not None and len(records) > limit + (limit >> 2):
+            del records[: len(records) - limit]
 
     # ------------------------------------------------------------------ book internals
 
@@ -727,7 +829,28 @@ class FakeExchange:
         if self.realtime_closed_limit is not None:
             while len(rt) > self.realtime_closed_limit:
                 rt.popitem(last=False)
-        self._history.setdefault(order.category, {})[order.order_id] = None
+        history = self._history.setdefault(order.category, OrderedDict())
+        history[order.order_id] = None
+        # protocol §8: Bybit's history ages out (24 h for a cancelled order, 7 days for one with
+        # fills): past `history_limit` the order of this category that finished first goes.
+        if self.history_limit is not None:
+            while len(history) > self.history_limit:
+                self._forget(history.popitem(last=False)[0])
+
+    def _forget(self, order_id: str) -> None:
+        """Drop every trace of a finished order that has aged out of the history."""
+        order = self._orders.pop(order_id)
+        rt = self._rt_closed.get(order.category)
+        if rt is not None:
+            rt.pop(order_id, None)
+        self._targeted.pop(order_id, None)
+        link = order.order_link_id
+        if link:
+            # Undocumented: whether Bybit lets an aged-out orderLinkId be used again. The fake
+            # does (it keeps no trace of the order to refuse it with).
+            if self._by_link.get(link) == order_id:
+                del self._by_link[link]
+            self._targeted.pop(link, None)
 
     def _do_fill(self, order: FakeOrder, qty: Decimal | None) -> None:
         total = _dec(order.qty)
@@ -961,15 +1084,17 @@ class FakeExchange:
         handler: Callable[[web.Request], Any],
     ) -> web.StreamResponse:
         body = await request.read() if request.can_read_body else b""
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=request.raw_path.partition("?")[2],
-                body=body,
-                headers=dict(request.headers),
+        if self.max_recorded != 0:
+            self._record(
+                self.requests,
+                RecordedRequest(
+                    method=request.method,
+                    path=request.path,
+                    query=request.raw_path.partition("?")[2],
+                    body=body,
+                    headers=dict(request.headers),
+                ),
             )
-        )
         resp = await handler(request)
         assert isinstance(resp, web.StreamResponse)
         return resp
@@ -1246,7 +1371,7 @@ class FakeExchange:
         fault = spec.fault if spec is not None else None
         if spec is not None:
             name = order.order_id if order is not None else (req_oid or req_link or "")
-            self.fault_log.append((name, spec.fault))
+            self._record(self.fault_log, (name, spec.fault))
             log.debug("fault %s fires on cancel of %s", spec.fault, name)
 
         # ---- transport-level faults
@@ -1496,7 +1621,7 @@ class FakeExchange:
             if o is not None and o.category == category and o.is_final and self._in_history(o):
                 found.append(o)
             return self._json(self._list_result(found, q, category, True), rl)
-        ids = self._history.get(category, {})
+        ids = self._history.get(category, ())
         pool = (o for o in (self._orders[i] for i in ids) if self._in_history(o))
         status = q.get("orderStatus")
         orders = [o for o in self._filtered(pool, q) if not status or o.status == status]
@@ -1751,7 +1876,7 @@ class FakeExchange:
             return
         if not isinstance(msg, dict):
             return
-        self.ws_received.append(msg)
+        self._record(self.ws_received, msg)
         if conn.stalled or conn.closed:
             return
         op = msg.get("op")
