@@ -59,7 +59,11 @@ async def chaos(n: int, rate: float, seed: int, timeout: float) -> bool:
     logging.getLogger().addHandler(watch)
     logging.getLogger().setLevel(logging.DEBUG)
     faults = [f for f in Fault if f is not Fault.HTTP_403]
-    async with FakeExchange(api_key=KEY, api_secret=SECRET, seed=seed) as fx:
+    # Every answer is checked against the fake's books and every fault fired is counted at the
+    # end: the fake must forget no finished order and no fault_log entry, whatever -n is.
+    async with FakeExchange(
+        api_key=KEY, api_secret=SECRET, seed=seed, max_recorded=None, history_limit=None
+    ) as fx:
         fx.set_chaos(rate=rate, seed=seed, faults=faults, delay=1.5)
         orders = []
         for i in range(n):
