@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -49,7 +50,8 @@ async def rest() -> AsyncIterator[RestClient]:
 class _CompatResponse(ClientResponse):
     """aiohttp 3.14 made ``stream_writer`` a required argument that aioresponses 0.7.9 does
     not pass (pnuckowski/aioresponses#289, open); aiohttp 3.14 is a security release, so the
-    shim lives here instead of a pin."""
+    shim lives here instead of a pin. Used only where aiohttp has the argument: 3.11 (our floor)
+    refuses it."""
 
     class _NoWriter:
         output_size = 0
@@ -59,9 +61,13 @@ class _CompatResponse(ClientResponse):
         super().__init__(*args, **kwargs)
 
 
+_NEEDS_STREAM_WRITER = "stream_writer" in inspect.signature(ClientResponse.__init__).parameters
+
+
 @pytest.fixture
 def mock(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
-    monkeypatch.setattr(aioresponses_core, "ClientResponse", _CompatResponse)
+    if _NEEDS_STREAM_WRITER:
+        monkeypatch.setattr(aioresponses_core, "ClientResponse", _CompatResponse)
     with aioresponses() as m:
         yield m
 
