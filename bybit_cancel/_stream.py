@@ -72,6 +72,11 @@ class _NoRedirectConnect(connect):
 # No proxy from the environment (websockets reads it from 15 on; aiohttp runs with
 # trust_env=False): REST and the stream take the same path, and a proxy variable meant for
 # something else cannot fail the stream with an error that is not a TransportError.
+# An HTTP 403 is Bybit's IP ban, which lasts at least 10 minutes and which retrying only extends
+# (§7 IP limit: "terminate all HTTP sessions and wait for at least 10 minutes"). A reconnect that
+# meets one on the upgrade waits this long before the next attempt (REST raises at once for one).
+_IP_BAN_HOLD = 600.0
+
 _NO_PROXY: dict[str, Any] = (
     {"proxy": None} if "proxy" in inspect.signature(connect.__init__).parameters else {}
 )
@@ -411,6 +416,7 @@ class PrivateStream:
     async def _reconnect_forever(self) -> None:
         loop = asyncio.get_running_loop()
         attempt = 0
+        hold_until = 0.0  # (an IP ban's hold: no attempt before then)
         while True:
             ws = self._ws
             if ws is not None:
@@ -428,7 +434,7 @@ class PrivateStream:
             # frequently connect and disconnect", §3 Connection limits). The exponent is bounded,
             # or it overflows a float after ~1025 failures in a row (hours of outage).
             cap = min(self._backoff_cap, self._backoff_base * 2 ** min(attempt - 1, 60))
-            await asyncio.sleep(self._rng.uniform(cap / 2, cap))
+            await asyncio.sleep(max(self._rng.uniform(cap / 2, cap), hold_until - loop.time()))
             try:
                 self._ws = await self._connect()
             except AuthenticationError as exc:
@@ -438,12 +444,23 @@ class PrivateStream:
                 return
             except (TransportError, BybitAPIError) as exc:
                 # Anything short of a refused auth is retried: no connection, a timeout, an HTTP
-                # refusal of the upgrade (401, 403, 5xx alike) or a redirect. A redirect is never
-                # followed, and retrying the URL sends nothing but an upgrade request; meanwhile
-                # every cancel confirms over REST after push_grace, and the stream comes back if
-                # the redirect stops. Giving up would fail every pending and later call, REST
+                # refusal of the upgrade (401, 5xx alike; a 403, an IP ban, after _IP_BAN_HOLD)
+                # or a redirect. A redirect is never followed, and retrying the URL sends nothing
+                # but an upgrade request; meanwhile every cancel confirms over REST after
+                # push_grace, and the stream comes back if the redirect stops. Giving up would fail every pending and later call, REST
                 # ones included, which a redirect of the stream does not stop; only a refused
                 # auth (REST signs with the same key) proves the client cannot work.
+                if _ip_banned(exc):
+                    hold_until = loop.time() + _IP_BAN_HOLD
+                    log.warning(
+                        "private stream reconnect %d failed: %s; HTTP 403 is an IP ban (Bybit: "
+                        "wait at least 10 minutes), next attempt in %.0f s; cancels confirm over "
+                        "REST meanwhile",
+                        attempt,
+                        exc,
+                        _IP_BAN_HOLD,
+                    )
+                    continue
                 log.warning("private stream reconnect %d failed: %s", attempt, exc)
                 continue
             self.reconnects += 1
@@ -546,6 +563,12 @@ class PrivateStream:
         return None
 
 
+def _ip_banned(exc: BaseException) -> bool:
+    """Whether a failed connect was the upgrade refused with HTTP 403 (§7: an IP ban)."""
+    cause = exc.__cause__
+    return isinstance(cause, InvalidStatus) and cause.response.status_code == 403
+
+
 def _connect_failure(exc: Exception) -> str:
     """The message of a failed websocket connect. A redirect is named as such: it is refused,
     never followed (_NoRedirectConnect)."""
@@ -556,7 +579,16 @@ def _connect_failure(exc: Exception) -> str:
             f"websocket connect redirected (HTTP {exc.response.status_code}{target}): not "
             "followed, a redirect would take the auth elsewhere"
         )
-    # (Capped: a refused upgrade's repr carries the whole HTTP response, body included.)
+    if isinstance(exc, InvalidStatus):
+        # The status and the start of the body, where Bybit puts its reason (a 403's "access too
+        # frequent", §7): the repr would carry the whole response, headers first.
+        response = exc.response
+        body = bytes(response.body or b"")[:200].decode("utf-8", "replace")
+        return (
+            f"websocket upgrade refused (HTTP {response.status_code} "
+            f"{response.reason_phrase}): {body!r}"
+        )
+    # (Capped: a handshake error's repr can carry the whole HTTP response, body included.)
     return f"websocket connect failed: {exc!r:.300}"
 
 

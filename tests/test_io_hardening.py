@@ -287,6 +287,56 @@ async def test_a_redirect_on_a_reconnect_is_retried_never_followed(
         await other.cleanup()
 
 
+async def test_a_403_on_a_reconnect_holds_the_next_attempt_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade refused with HTTP 403 on a reconnect is an IP ban (§7: wait at least 10
+    minutes; retrying extends it): the next attempt waits _IP_BAN_HOLD, not the backoff (here
+    0.01-0.05 s), the log says why, cancels meanwhile confirm over REST, and the stream comes
+    back once the ban is lifted."""
+    monkeypatch.setattr(_stream, "_IP_BAN_HOLD", 0.3)
+    exchange = FakeExchange(api_key=KEY, api_secret=SECRET, seed=11)
+    real_ws = exchange._h_ws
+    banned = asyncio.Event()
+    refusals: list[float] = []
+    second = asyncio.Event()
+
+    async def h_ws(request: web.Request) -> web.StreamResponse:
+        if banned.is_set():
+            refusals.append(asyncio.get_running_loop().time())
+            if len(refusals) == 2:
+                banned.clear()  # lifted: the attempt after this one connects
+                second.set()
+            raise web.HTTPForbidden(text="access too frequent")
+        return await real_ws(request)
+
+    monkeypatch.setattr(exchange, "_h_ws", h_ws)  # start() routes to it
+    with caplog.at_level(logging.WARNING, logger="bybit_cancel"):
+        async with (
+            exchange as fx,
+            make_client(fx, push_grace=0.05, reconnect_backoff=(0.01, 0.05)) as client,
+        ):
+            banned.set()
+            await fx.disconnect_all()
+            await wait_until(lambda: len(refusals) == 1)
+            order = fx.seed_order()
+            result = await client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=order.order_id, timeout=5
+            )
+            assert result.cancelled and result.source == "rest"
+            await asyncio.wait_for(second.wait(), 5)
+            # (A sleep never ends early; without the hold the gap is the backoff, <= 0.05 s.)
+            assert refusals[1] - refusals[0] >= 0.29
+            await wait_until(lambda: client.reconnect_count == 1)
+            assert client.connection_state is ConnectionState.CONNECTED
+    held = [r.getMessage() for r in caplog.records if "IP ban" in r.getMessage()]
+    assert len(held) == 2
+    for message in held:
+        assert "upgrade refused (HTTP 403 Forbidden): 'access too frequent'" in message
+        assert "next attempt in" in message
+    assert client_tasks() == []
+
+
 @pytest.mark.parametrize("proxy", ["socks5://127.0.0.1:1", "ftp://127.0.0.1:1"])
 async def test_proxy_settings_in_the_environment_are_not_used(
     fx: FakeExchange, monkeypatch: pytest.MonkeyPatch, proxy: str
