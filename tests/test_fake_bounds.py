@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import aiohttp
@@ -326,3 +327,50 @@ def test_history_limit_must_cover_the_realtime_window() -> None:
     assert FakeExchange(KEY, SECRET, history_limit=500).history_limit == 500
     assert FakeExchange(KEY, SECRET, history_limit=None, max_recorded=None).max_recorded is None
     assert FakeExchange(KEY, SECRET, history_limit=0, realtime_closed_limit=None).history_limit == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"api_key": ""}, "api_key must be a non-empty string"),
+        ({"api_secret": None}, "api_secret must be a non-empty string, got a NoneType"),
+        ({"host": 127}, "host must be a non-empty string"),
+        ({"recv_window_check": 1}, "recv_window_check must be True or False"),
+        ({"seed": "7"}, "seed must be an integer, got '7'"),
+        ({"seed": 1.0}, "seed must be an integer"),
+        ({"port": -1}, "port must be an integer from 0 to 65535"),
+        ({"port": 70_000}, "port must be an integer from 0 to 65535"),
+        ({"realtime_closed_limit": -5}, "realtime_closed_limit must be None or an integer >= 0"),
+        ({"push_delay": -0.1}, "push_delay must be seconds >= 0"),
+        ({"push_delay": float("nan")}, "push_delay must be seconds >= 0"),
+        ({"push_delay": None}, "push_delay must be seconds >= 0"),
+        ({"idle_timeout": 0}, "idle_timeout must be None or a positive number of seconds"),
+        ({"idle_timeout": float("inf")}, "idle_timeout must be None or a positive number"),
+        ({"idle_timeout": True}, "idle_timeout must be None or a positive number"),
+        ({"rate_limits": {"/v5/order/cancel": 0}}, "rate_limits maps an endpoint"),
+        ({"rate_limits": {"/v5/order/cancel": 2.5}}, "rate_limits maps an endpoint"),
+    ],
+)
+def test_a_bad_constructor_argument_is_refused_before_the_server_starts(
+    kwargs: dict[str, object], message: str
+) -> None:
+    """Each option is checked when the fake is made (not when a request meets it), with a
+    message naming it; nothing is started, so there is nothing to close."""
+    args: dict[str, object] = {"api_key": KEY, "api_secret": SECRET, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FakeExchange(**args)  # type: ignore[arg-type]
+
+
+def test_the_documented_options_are_accepted() -> None:
+    fx = FakeExchange(
+        KEY,
+        SECRET,
+        push_delay=0,
+        recv_window_check=False,
+        seed=-3,
+        rate_limits={"/v5/order/cancel linear": 5},
+        realtime_closed_limit=None,
+        idle_timeout=None,
+        port=0,
+    )
+    assert fx.push_delay == 0 and fx.idle_timeout is None and fx.realtime_closed_limit is None

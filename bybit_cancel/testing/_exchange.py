@@ -298,8 +298,12 @@ class FakeExchange:
 
     Both bounds are attributes too; a change applies from the next record or finished order.
 
-    Raises ``ValueError`` (before any I/O) for a bound that is not ``None`` or an integer >= 0,
-    or a ``history_limit`` below ``realtime_closed_limit``.
+    Raises ``ValueError`` (before any I/O, naming the option) for an empty or non-string key,
+    secret or host; a ``recv_window_check`` that is not a bool; a ``seed`` that is not an
+    integer; a ``port`` outside 0-65535; a bound that is not ``None`` or an integer >= 0; a
+    negative or non-finite ``push_delay``; an ``idle_timeout`` that is not ``None`` or a
+    positive finite number; a ``rate_limits`` value that is not an integer >= 1; or a
+    ``history_limit`` below ``realtime_closed_limit``.
     """
 
     def __init__(
@@ -318,12 +322,65 @@ class FakeExchange:
         max_recorded: int | None = 10_000,
         history_limit: int | None = 10_000,
     ) -> None:
-        for name, bound in (("max_recorded", max_recorded), ("history_limit", history_limit)):
-            # (A bool is an int to Python: True would read as 1, so it is refused too.)
-            if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool)):
-                raise ValueError(f"{name} must be None or an integer >= 0, got {bound!r}")
-            if bound is not None and bound < 0:
-                raise ValueError(f"{name} must be None or an integer >= 0, got {bound!r}")
+        # Refused here, before the server starts, rather than as a confusing answer mid-test.
+        # (A bool is an int to Python: True would read as 1, so it is refused where a number is
+        # meant.)
+        for name, text in (("api_key", api_key), ("api_secret", api_secret), ("host", host)):
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"{name} must be a non-empty string, got a {type(text).__name__}")
+        for name, flag in (("recv_window_check", recv_window_check),):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        for name, whole, low in (
+            ("seed", seed, None),
+            ("port", port, 0),
+            ("max_recorded", max_recorded, 0),
+            ("history_limit", history_limit, 0),
+            ("realtime_closed_limit", realtime_closed_limit, 0),
+        ):
+            optional = name in ("max_recorded", "history_limit", "realtime_closed_limit")
+            if whole is None and optional:
+                continue
+            if (
+                not isinstance(whole, int)
+                or isinstance(whole, bool)
+                or (low is not None and whole < low)
+                or (name == "port" and whole > 65_535)
+            ):
+                wanted = "an integer" if low is None else f"an integer >= {low}"
+                if name == "port":
+                    wanted = "an integer from 0 to 65535"
+                raise ValueError(
+                    f"{name} must be {'None or ' if optional else ''}{wanted}, got {whole!r}"
+                )
+        for name, seconds, optional in (
+            ("push_delay", push_delay, False),
+            ("idle_timeout", idle_timeout, True),
+        ):
+            if seconds is None and optional:
+                continue
+            if (
+                not isinstance(seconds, int | float)
+                or isinstance(seconds, bool)
+                or not 0 <= seconds < float("inf")
+                or (name == "idle_timeout" and seconds == 0)
+            ):
+                wanted = "a positive number of seconds" if optional else "seconds >= 0"
+                raise ValueError(
+                    f"{name} must be {'None or ' if optional else ''}{wanted}, got {seconds!r}"
+                )
+        for endpoint, limit in (rate_limits or {}).items():
+            if (
+                not isinstance(endpoint, str)
+                or not isinstance(limit, int)
+                or isinstance(limit, bool)
+                or limit < 1
+            ):
+                raise ValueError(
+                    'rate_limits maps an endpoint ("/v5/order/cancel", or with its category: '
+                    f'"/v5/order/cancel linear") to requests per second >= 1, got '
+                    f"{endpoint!r}: {limit!r}"
+                )
         if (
             history_limit is not None
             and isinstance(realtime_closed_limit, int)
