@@ -11,6 +11,7 @@ pending cancels up over REST.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import inspect
 import logging
@@ -69,14 +70,14 @@ class _NoRedirectConnect(connect):
         return exc
 
 
-# No proxy from the environment (websockets reads it from 15 on; aiohttp runs with
-# trust_env=False): REST and the stream take the same path, and a proxy variable meant for
-# something else cannot fail the stream with an error that is not a TransportError.
 # An HTTP 403 is Bybit's IP ban, which lasts at least 10 minutes and which retrying only extends
 # (§7 IP limit: "terminate all HTTP sessions and wait for at least 10 minutes"). A reconnect that
 # meets one on the upgrade waits this long before the next attempt (REST raises at once for one).
 _IP_BAN_HOLD = 600.0
 
+# No proxy from the environment (websockets reads it from 15 on; aiohttp runs with
+# trust_env=False): REST and the stream take the same path, and a proxy variable meant for
+# something else cannot fail the stream with an error that is not a TransportError.
 _NO_PROXY: dict[str, Any] = (
     {"proxy": None} if "proxy" in inspect.signature(connect.__init__).parameters else {}
 )
@@ -335,6 +336,7 @@ class PrivateStream:
             await _close_ws(ws)
             raise TransportError(self._connect_too_slow())
         phase = "auth"
+        closed: ConnectionClosed | None = None
         try:
             async with asyncio.timeout_at(deadline):
                 expires = self._now_ms() + self._auth_expiry_ms
@@ -358,11 +360,15 @@ class PrivateStream:
             ) from exc
         except ConnectionClosed as exc:
             await _close_ws(ws)
-            # (Scrubbed: the peer's close reason is its own text, on a connection that sent the key.)
-            raise TransportError(self._scrub(f"websocket closed during {phase}: {exc!r}")) from exc
+            # The peer's close reason is its own text, on a connection that sent the key: the
+            # error chains a copy with the key scrubbed, raised below, out of this block (raised
+            # here, it would keep the original as its __context__, which tracebacks print).
+            closed = self._scrub_closed(exc)
         except BaseException:
             await _close_ws(ws)
             raise
+        if closed is not None:
+            raise TransportError(f"websocket closed during {phase}: {closed!r}") from closed
         self.conn_id = reply.conn_id
         self._last_pong = asyncio.get_running_loop().time()
         log.info("private stream connected and subscribed to order (conn_id %s)", self.conn_id)
@@ -373,6 +379,14 @@ class PrivateStream:
             "websocket connect did not complete within handshake_timeout "
             f"({self._handshake_timeout:g}s)"
         )
+
+    def _scrub_closed(self, exc: ConnectionClosed) -> ConnectionClosed:
+        """A copy of ``exc`` whose close frames' reasons are scrubbed (see :meth:`_scrub`)."""
+        rcvd, sent = (
+            None if c is None else dataclasses.replace(c, reason=self._scrub(c.reason))
+            for c in (exc.rcvd, exc.sent)
+        )
+        return type(exc)(rcvd, sent, exc.rcvd_then_sent)
 
     def _scrub(self, text: str) -> str:
         """``text`` (a peer's words, in an error or a log) with the API key shown by its first
@@ -487,7 +501,8 @@ class PrivateStream:
                     raise error from None
                 finally:
                     del error  # (not kept by this frame, which its traceback holds)
-            log.warning("private stream closed: %s", exc)
+            # (Scrubbed: the close reason is the peer's text, on a connection that sent the key.)
+            log.warning("private stream closed: %s", self._scrub(str(exc)))
         finally:
             ws.route = None
             heartbeat.cancel()

@@ -1,0 +1,135 @@
+"""Review rev11: findings on the handshake-scrubbing, fake-bounds and stream changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from bybit_cancel import TransportError
+from bybit_cancel._signing import Credentials
+from bybit_cancel._stream import PrivateStream
+
+from .conftest import client_tasks
+
+KEY18 = "AbCdEfGhIjKlMnOpQr"
+
+
+async def serve(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"127.0.0.1:{runner.addresses[0][1]}"
+
+
+def stream_to(url: str, key: str = KEY18) -> PrivateStream:
+    return PrivateStream(
+        url,
+        Credentials(key, "s"),
+        now_ms=lambda: time.time_ns() // 1_000_000,
+        on_orders=lambda orders: None,
+        on_reconnected=lambda: None,
+        on_failed=lambda exc: None,
+        resync_clock=None,
+        ping_interval=20.0,
+        handshake_timeout=2.0,
+        auth_expiry_ms=10_000,
+        reconnect_backoff=(5.0, 5.0),  # (no second attempt within the test)
+        rng=random.Random(1),
+    )
+
+
+def closing_peer(
+    at: str, closed: asyncio.Event
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Answers auth and subscribe; closes with a reason quoting the API key at `at`."""
+
+    async def peer(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        key = ""
+        async for frame in ws:
+            msg = json.loads(frame.data)
+            op = msg["op"]
+            if op == "auth":
+                key = msg["args"][0]
+            if op == at:
+                await ws.close(code=1008, message=f"bad key {key}".encode())
+                closed.set()
+                break
+            reply = {"req_id": msg.get("req_id"), "op": op, "success": True, "ret_msg": ""}
+            await ws.send_str(json.dumps({**reply, "conn_id": "c"}))
+            if op == "subscribe" and at == "after-subscribe":
+                await asyncio.sleep(0.05)
+                await ws.close(code=1008, message=f"bad key {key}".encode())
+                closed.set()
+                break
+        return ws
+
+    return peer
+
+
+async def test_a_close_reason_quoting_the_key_is_not_behind_the_error() -> None:
+    """The TransportError's own text is scrubbed, but it chains websockets' ConnectionClosed
+    (``from exc``), whose text is the close reason as sent: a traceback of the error (what
+    ``log.exception`` or an error reporter prints) shows the API key."""
+    closed = asyncio.Event()
+    runner, host = await serve(closing_peer("auth", closed))
+    stream = stream_to(f"ws://{host}/v5/private")
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(TransportError, match="closed during auth") as info:
+                await stream.open()
+        assert KEY18 not in str(info.value)  # (what the change set tested)
+        printed = "".join(traceback.format_exception(info.value))
+        assert KEY18 not in printed, printed
+        chain: list[BaseException | None] = [info.value.__cause__, info.value.__context__]
+        assert all(KEY18 not in str(e) for e in chain if e is not None)
+    finally:
+        await stream.close()
+        await runner.cleanup()
+
+
+async def test_a_close_reason_quoting_the_key_after_subscribe_is_not_logged() -> None:
+    """A close after the handshake is logged by the supervisor (``private stream closed: %s``)
+    with the close reason as the peer sent it: the key reached the log, where a close during the
+    handshake shows it scrubbed."""
+    lines: list[str] = []
+    logged = asyncio.Event()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            if "private stream closed" in record.getMessage():
+                logged.set()
+
+    handler = Catch(logging.DEBUG)
+    logger = logging.getLogger("bybit_cancel")
+    logger.addHandler(handler)
+    closed = asyncio.Event()
+    runner, host = await serve(closing_peer("after-subscribe", closed))
+    stream = stream_to(f"ws://{host}/v5/private")
+    try:
+        async with asyncio.timeout(5):
+            await stream.open()
+            await logged.wait()
+        text = "\n".join(lines)
+        assert "bad key AbCd***" in text, text
+        assert KEY18 not in text, text
+    finally:
+        logger.removeHandler(handler)
+        await stream.close()
+        await runner.cleanup()
+    assert client_tasks() == []
+
