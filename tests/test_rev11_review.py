@@ -133,3 +133,19 @@ async def test_a_close_reason_quoting_the_key_after_subscribe_is_not_logged() ->
         await runner.cleanup()
     assert client_tasks() == []
 
+
+def test_an_unbounded_realtime_window_forgets_no_closed_order() -> None:
+    """realtime_closed_limit=None means /v5/order/realtime finds every closed order by id; the
+    default history_limit (or any) forgot them past its bound all the same, so the fake
+    contradicted its own knob (and the constructor accepted history_limit=0 beside it)."""
+    from bybit_cancel.testing import FakeExchange
+
+    for history_limit in (3, 0):
+        fx = FakeExchange("k" * 18, "s", realtime_closed_limit=None, history_limit=history_limit)
+        ids = []
+        for _ in range(5):
+            o = fx.seed_order()
+            ids.append(o.order_id)
+            fx.fill(o.order_id, push=False)
+        assert all(fx.order(i).status == "Filled" for i in ids)
+        assert list(fx._rt_closed["linear"]) == ids

@@ -291,7 +291,8 @@ class FakeExchange:
       find it, a cancel of it answers "does not exist", its ``orderLinkId`` is free again, and
       the targeted faults aimed at it (by its id or link id) are dropped unfired. It must be
       at least ``realtime_closed_limit``: Bybit still finds its recent 500 closed orders per
-      category by id. ``None`` never forgets.
+      category by id. ``None`` never forgets, nor does any bound while
+      ``realtime_closed_limit`` is ``None`` (realtime then finds every closed order).
     - Kept regardless: every open order (New, PartiallyFilled, Untriggered), however old;
       ``pushes_sent`` and ``auth_count``; faults not aimed at a known order (untargeted ones,
       or aimed at an id no order has) until they fire or ``clear_faults()``.
@@ -890,7 +891,9 @@ class FakeExchange:
         history[order.order_id] = None
         # protocol §8: Bybit's history ages out (24 h for a cancelled order, 7 days for one with
         # fills): past `history_limit` the order of this category that finished first goes.
-        if self.history_limit is not None:
+        # (realtime_closed_limit=None: realtime finds every closed order by id, so none is
+        # forgotten; forgetting one would take it out of that unbounded window.)
+        if self.history_limit is not None and self.realtime_closed_limit is not None:
             while len(history) > self.history_limit:
                 self._forget(history.popitem(last=False)[0])
 
