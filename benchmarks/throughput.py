@@ -394,9 +394,10 @@ async def loopback(
             runs: dict[str, list[tuple[float, float]]] = {"bybit_cancel": [], "floor": []}
             for r in range(rounds):
                 order: list[tuple[int, Any]] = [(0, ours), (1, floor)]
-                # Which client parks first alternates too, every other round, so that over four
-                # rounds each pairing of (parks first, released first) comes up once: the one
-                # parked last has its calls' memory the most recently touched.
+                # Which client parks first alternates too, every other round, so that every four
+                # rounds each pairing of (parks first, released first) comes up once (over the
+                # default 11: 3, 3, 3 and 2 times): the one parked last has its calls' memory
+                # the most recently touched.
                 parks = [0, 1] if (r // 2) % 2 == 0 else [1, 0]
                 parked: list[Any] = [None, None]
                 for i in parks:
