@@ -1,4 +1,5 @@
-"""Review rev11: findings on the handshake-scrubbing, fake-bounds and stream changes."""
+"""A peer's close reason quoting the API key stays out of errors, chained errors and logs; the
+fake forgets no finished order while realtime finds every closed one (realtime_closed_limit=None)."""
 
 from __future__ import annotations
 
