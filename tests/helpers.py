@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from bybit_cancel import BybitCancelClient, CancelResult
 from bybit_cancel._models import WireOrder
@@ -79,22 +81,41 @@ def make_rest(
 
 def make_stream(
     on_orders: Callable[[list[WireOrder]], None] = lambda orders: None,
+    *,
+    url: str = "ws://127.0.0.1:1/v5/private",
+    key: str = "k",
+    handshake_timeout: float = 1.0,
+    reconnect_backoff: tuple[float, float] = (0.1, 1.0),
 ) -> PrivateStream:
-    """The stream adapter alone, never connected: for feeding frames to its router."""
+    """The stream adapter alone: never connected with the default url (for feeding frames to
+    its router), or pointed at a test server (wall-clock timestamps for its auth)."""
     return PrivateStream(
-        "ws://127.0.0.1:1/v5/private",
-        Credentials("k", "s"),
-        now_ms=lambda: 0,
+        url,
+        Credentials(key, "s"),
+        now_ms=lambda: time.time_ns() // 1_000_000,
         on_orders=on_orders,
         on_reconnected=lambda: None,
         on_failed=lambda e: None,
         resync_clock=None,
         ping_interval=20,
-        handshake_timeout=1,
+        handshake_timeout=handshake_timeout,
         auth_expiry_ms=10_000,
-        reconnect_backoff=(0.1, 1),
+        reconnect_backoff=reconnect_backoff,
         rng=random.Random(1),
     )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve(handler: Handler) -> tuple[web.AppRunner, str]:
+    """An aiohttp server on 127.0.0.1 answering every path with ``handler``; (runner, host:port)."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"127.0.0.1:{runner.addresses[0][1]}"
 
 
 async def in_shutdown_handler(

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
-import time
 import traceback
 from collections.abc import Awaitable, Callable
 
@@ -15,40 +13,17 @@ import pytest
 from aiohttp import web
 
 from bybit_cancel import TransportError
-from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
 
 from .conftest import client_tasks
+from .helpers import make_stream, serve
 
 KEY18 = "AbCdEfGhIjKlMnOpQr"
 
 
-async def serve(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, f"127.0.0.1:{runner.addresses[0][1]}"
-
-
 def stream_to(url: str, key: str = KEY18) -> PrivateStream:
-    return PrivateStream(
-        url,
-        Credentials(key, "s"),
-        now_ms=lambda: time.time_ns() // 1_000_000,
-        on_orders=lambda orders: None,
-        on_reconnected=lambda: None,
-        on_failed=lambda exc: None,
-        resync_clock=None,
-        ping_interval=20.0,
-        handshake_timeout=2.0,
-        auth_expiry_ms=10_000,
-        reconnect_backoff=(5.0, 5.0),  # (no second attempt within the test)
-        rng=random.Random(1),
-    )
+    # (No second attempt within the test.)
+    return make_stream(url=url, key=key, handshake_timeout=2.0, reconnect_backoff=(5.0, 5.0))
 
 
 def closing_peer(

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -24,45 +23,24 @@ from bybit_cancel import (
     TransportError,
     _stream,
 )
-from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import FakeExchange
 
 from .conftest import KEY, SECRET, client_tasks, make_client
-from .helpers import in_shutdown_handler, make_rest, make_stream, wait_until
+from .helpers import in_shutdown_handler, make_rest, make_stream, serve, wait_until
 
 # Valid JSON nested deeper than msgspec decodes: it raises RecursionError, not a DecodeError.
 # The depth it reaches depends on the Python (about 1,000 levels on 3.11; 1,200 decode on 3.12,
 # 5,000 on 3.13): 100,000 (200 kB, under websockets' 1 MiB limit) is past it on each.
 DEEP = "[" * 100_000 + "]" * 100_000
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def serve(handler: Handler) -> tuple[web.AppRunner, str]:
-    """An aiohttp server on 127.0.0.1 answering every path with ``handler``; (runner, host:port)."""
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, f"127.0.0.1:{runner.addresses[0][1]}"
-
 
 def stream_to(url: str, *, handshake_timeout: float = 1.0) -> PrivateStream:
-    return PrivateStream(
-        url,
-        Credentials("a-key-of-18-chars!", "s"),
-        now_ms=lambda: time.time_ns() // 1_000_000,
-        on_orders=lambda orders: None,
-        on_reconnected=lambda: None,
-        on_failed=lambda exc: None,
-        resync_clock=None,
-        ping_interval=20.0,
+    return make_stream(
+        url=url,
+        key="a-key-of-18-chars!",
         handshake_timeout=handshake_timeout,
-        auth_expiry_ms=10_000,
         reconnect_backoff=(0.01, 0.05),
-        rng=random.Random(1),
     )
 
 

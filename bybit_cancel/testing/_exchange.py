@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
@@ -262,6 +262,27 @@ class _AuthError(Exception):
         self.response = response
 
 
+def _is_number(value: object) -> bool:
+    # (A bool is an int to Python: True would read as 1, so it is refused where a number is
+    # meant. The client has its own such checks; the fake imports nothing of the client's.)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value: object) -> bool:
+    """A positive, finite number (NaN fails the comparison)."""
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
+    )
+
+
+def _refuse(name: str, wanted: str, value: object) -> NoReturn:
+    raise ValueError(f"{name} must be {wanted}, got {value!r}")
+
+
 class FakeExchange:
     """A local Bybit v5 fake: REST and the private websocket on one 127.0.0.1 port.
 
@@ -324,59 +345,28 @@ class FakeExchange:
         history_limit: int | None = 10_000,
     ) -> None:
         # Refused here, before the server starts, rather than as a confusing answer mid-test.
-        # (A bool is an int to Python: True would read as 1, so it is refused where a number is
-        # meant.)
         for name, text in (("api_key", api_key), ("api_secret", api_secret), ("host", host)):
             if not isinstance(text, str) or not text:
                 raise ValueError(f"{name} must be a non-empty string, got a {type(text).__name__}")
-        for name, flag in (("recv_window_check", recv_window_check),):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        for name, whole, low in (
-            ("seed", seed, None),
-            ("port", port, 0),
-            ("max_recorded", max_recorded, 0),
-            ("history_limit", history_limit, 0),
-            ("realtime_closed_limit", realtime_closed_limit, 0),
+        if not isinstance(recv_window_check, bool):
+            _refuse("recv_window_check", "True or False", recv_window_check)
+        if not _is_int(seed):
+            _refuse("seed", "an integer", seed)
+        if not (_is_int(port) and 0 <= port <= 65_535):
+            _refuse("port", "an integer from 0 to 65535", port)
+        for name, bound in (
+            ("max_recorded", max_recorded),
+            ("history_limit", history_limit),
+            ("realtime_closed_limit", realtime_closed_limit),
         ):
-            optional = name in ("max_recorded", "history_limit", "realtime_closed_limit")
-            if whole is None and optional:
-                continue
-            if (
-                not isinstance(whole, int)
-                or isinstance(whole, bool)
-                or (low is not None and whole < low)
-                or (name == "port" and whole > 65_535)
-            ):
-                wanted = "an integer" if low is None else f"an integer >= {low}"
-                if name == "port":
-                    wanted = "an integer from 0 to 65535"
-                raise ValueError(
-                    f"{name} must be {'None or ' if optional else ''}{wanted}, got {whole!r}"
-                )
-        for name, seconds, optional in (
-            ("push_delay", push_delay, False),
-            ("idle_timeout", idle_timeout, True),
-        ):
-            if seconds is None and optional:
-                continue
-            if (
-                not isinstance(seconds, int | float)
-                or isinstance(seconds, bool)
-                or not 0 <= seconds < float("inf")
-                or (name == "idle_timeout" and seconds == 0)
-            ):
-                wanted = "a positive number of seconds" if optional else "seconds >= 0"
-                raise ValueError(
-                    f"{name} must be {'None or ' if optional else ''}{wanted}, got {seconds!r}"
-                )
+            if bound is not None and not (_is_int(bound) and bound >= 0):
+                _refuse(name, "None or an integer >= 0", bound)
+        if not (_is_seconds(push_delay) or (_is_number(push_delay) and push_delay == 0)):
+            _refuse("push_delay", "seconds >= 0", push_delay)
+        if idle_timeout is not None and not _is_seconds(idle_timeout):
+            _refuse("idle_timeout", "None or a positive number of seconds", idle_timeout)
         for endpoint, limit in (rate_limits or {}).items():
-            if (
-                not isinstance(endpoint, str)
-                or not isinstance(limit, int)
-                or isinstance(limit, bool)
-                or limit < 1
-            ):
+            if not (isinstance(endpoint, str) and _is_int(limit) and limit >= 1):
                 raise ValueError(
                     'rate_limits maps an endpoint ("/v5/order/cancel", or with its category: '
                     f'"/v5/order/cancel linear") to requests per second >= 1, got '
