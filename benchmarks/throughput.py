@@ -4,14 +4,17 @@
     python benchmarks/throughput.py -n 20000 --chunk 1000 --ws-n 2000 [--uvloop] [--inproc]
 
 (a) In process, one core: the recorded Bybit push (fixtures ws-private/order.push.linear-cancelled.json)
-    as a frame of 1 order and of 10 orders, each order resolving a pending cancel. Three paths:
+    as a frame of 1 order and of 10 orders, each order resolving a pending cancel. Six paths:
     bybit_cancel's stream router (``PrivateStream._route`` -> ``CancelTracker.on_orders`` -> the
     waiter) with every update resolving a registered cancel; ``json.loads`` + dict routing;
     untyped ``msgspec.json.decode`` + dict routing (the floor's decoder); typed+dict, our own
     decoder (``WsMessage``) with the floor's dict of futures and none of the tracker's rules (no
     memory of final states, no category check, no layers); and typed+memory, the same keeping the
     last 10,000 final states in a dict as the tracker does by default. The last two show what the
-    4 x target leaves for the tracker's rules, and what its memory alone takes. In every path a
+    4 x target leaves for the tracker's rules, and what its memory alone takes; recent_size=1 is
+    ours again with a memory of one final state (``recent_size=1``), every other rule kept: what
+    the rest of the tracker and its layers cost when the memory is as small as it goes (item
+    39). In every path a
     result is dropped once routed, as a caller drops it once taken, but for one in 1,000 kept to
     be checked after the round. The paths take the frames in chunks (2,000 updates), each chunk
     by every path in turn, so that a ratio compares runs a few milliseconds apart (this VM's
@@ -156,7 +159,14 @@ def _typed_route(
                     fut.set_result(order)
 
 
-PATHS = ("bybit_cancel", "json+dict", "msgspec+dict", "typed+dict", "typed+memory")
+PATHS = (
+    "bybit_cancel",
+    "json+dict",
+    "msgspec+dict",
+    "typed+dict",
+    "typed+memory",
+    "recent_size=1",
+)
 # Per path: (order updates, seconds) of each chunk timed.
 Timed = dict[str, list[tuple[int, float]]]
 
@@ -173,10 +183,13 @@ async def in_process(n: int, per_frame: int, chunk: int) -> Timed:
     loop = asyncio.get_running_loop()
     frames, ids = recorded_frames(n, per_frame)
     # bybit_cancel: the real stream router feeding the real client callback.
-    client = BybitCancelClient(api_key="k", api_secret="s", rest_url="http://x", ws_url="ws://x")
-    client._loop = loop
-    tracker = client._tracker
-    route = _router_for(client)._route
+    ours: dict[str, tuple[Any, Callable[[bytes], object]]] = {}
+    for name, size in (("bybit_cancel", RECENT_SIZE), ("recent_size=1", 1)):
+        client = BybitCancelClient(
+            api_key="k", api_secret="s", rest_url="http://x", ws_url="ws://x", recent_size=size
+        )
+        client._loop = loop
+        ours[name] = (client._tracker, _router_for(client)._route)
     recent: dict[str, Any] = {}
     step = max(1, chunk // per_frame)  # frames per chunk
     full = RECENT_SIZE + 256
@@ -188,8 +201,8 @@ async def in_process(n: int, per_frame: int, chunk: int) -> Timed:
         batch_ids = ids[first * per_frame : (first + step) * per_frame]
         gc.collect()
         for name in PATHS[turn:] + PATHS[:turn]:
-            if name == "bybit_cancel":
-                seconds = _ours_chunk(tracker, route, batch, batch_ids)
+            if name in ours:
+                seconds = _ours_chunk(*ours[name], batch, batch_ids)
             else:
                 seconds = _floor_chunk(loop, name, batch, batch_ids, recent)
             if first >= warm:
@@ -516,6 +529,13 @@ async def throughput(
             f" beyond typed+dict, 4 x leaves {room:+.2f} us per update, the memory alone takes "
             f"{_per_update(timed, 'typed+memory', 'typed+dict'):.2f} us, all of the tracker's "
             f"rules {_per_update(timed, 'bybit_cancel', 'typed+dict'):.2f} us"
+        )
+        # Ours with a memory of one state: what the rest of the rules cost (item 39).
+        print(
+            f"INFO {pf:>2}/frame: with recent_size=1, ours runs at "
+            f"{median(_versus_json(timed, 'recent_size=1')):.2f} x json+dict; the rules but the "
+            f"memory take {_per_update(timed, 'recent_size=1', 'typed+dict'):.2f} us per update "
+            "beyond typed+dict"
         )
     lb, placement = await loopback(ws_n, ws_rounds, inproc, uvloop, pin)
     print(
