@@ -194,7 +194,9 @@ class BybitCancelClient:
         handshake_timeout: seconds for the websocket connect, auth and subscribe.
         reconnect_backoff: (base, cap) seconds of the reconnect backoff (each wait drawn between
             half and all of the step).
-        recent_size, recent_age: bound of the memory of recent final states.
+        recent_size, recent_age: bound of the memory of recent final states (a cancel of an
+            order that has already ended is answered from it at once). ``recent_size=0`` keeps
+            none: such a cancel then asks Bybit (110001, then a REST lookup).
         seed: seed of the jitter, for reproducible tests.
 
     Raises:

@@ -257,7 +257,9 @@ class CancelTracker(Generic[E]):
 
     Args:
         recent_size: how many recent final states to remember (trimmed in small batches after a
-            push, so the memory may run over by up to 256, plus one push's new states).
+            push, so the memory may run over by up to 256, plus one push's new states). 0
+            remembers none: a cancel of an order that has already ended is then answered by
+            Bybit (110001, then a REST lookup) instead of at once, and no push costs the memory.
         recent_age: how long (seconds) to remember a final state.
     """
 
@@ -265,13 +267,13 @@ class CancelTracker(Generic[E]):
         if not (
             isinstance(recent_size, int)
             and not isinstance(recent_size, bool)
-            and recent_size >= 1
+            and recent_size >= 0
             and isinstance(recent_age, int | float)
             and not isinstance(recent_age, bool)
             and 0 < recent_age < float("inf")
         ):
             raise ValueError(
-                "recent_size must be a positive integer and recent_age a positive number of "
+                "recent_size must be an integer >= 0 and recent_age a positive number of "
                 f"seconds, got {recent_size!r} and {recent_age!r}"
             )
         # orderId -> cancels that know the order id (given, or learnt from the ack)
@@ -373,7 +375,8 @@ class CancelTracker(Generic[E]):
         # one pop from the id index, with the bookkeeping that can wait done once per frame.
         resolved: list[E] = []
         by_id = self._by_id.one
-        recent = self._recent
+        # None when nothing is remembered (recent_size=0).
+        recent = self._recent if self._recent_size else None
         # The common case, one cancel per order id and none by link id (decided once per push:
         # the loop below changes neither).
         simple = not (self._by_id.more or self._by_link.one)
@@ -390,14 +393,15 @@ class CancelTracker(Generic[E]):
                 continue
             # Remember it; sticky: the first final state seen for an order wins.
             final = _Final(order, status, source, now)
-            known = recent.setdefault(order.order_id, final)
-            if known is not final:
-                # (Rare: a repeated or stale final push, a REST answer after the push.)
-                final = self._sticky(known, final)
-            else:
-                inserted += 1
-                if order.order_link_id:
-                    self._recent_link[(order.category, order.order_link_id)] = order.order_id
+            if recent is not None:
+                known = recent.setdefault(order.order_id, final)
+                if known is not final:
+                    # (Rare: a repeated or stale final push, a REST answer after the push.)
+                    final = self._sticky(known, final)
+                else:
+                    inserted += 1
+                    if order.order_link_id:
+                        self._recent_link[(order.category, order.order_link_id)] = order.order_id
             if simple:
                 head = by_id.pop(order.order_id, None)
                 if head is None:
@@ -420,7 +424,7 @@ class CancelTracker(Generic[E]):
             # Trimmed in batches: by size when over the bound by a little, by age every 128
             # pushes that added states, so a full memory does not pay an eviction per insert.
             self._inserts += 1
-            if len(recent) > self._recent_limit or not self._inserts & 127:
+            if len(self._recent) > self._recent_limit or not self._inserts & 127:
                 self._evict(now)
         return resolved
 

@@ -56,7 +56,7 @@ def test_throughput() -> None:
     )
     assert "json+dict" in out and "frames/s" in out and "calls resumed/s" in out, out
     assert "\ntyped+dict " in out and "\ntyped+memory " in out and "the memory alone" in out, out
-    assert "\nrecent_size=1 " in out and "with recent_size=1, ours runs at" in out, out
+    assert "\nrecent_size=0 " in out and "memory off (recent_size=0), ours runs" in out, out
     assert_verdicts(out, 4)
 
 

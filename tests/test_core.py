@@ -473,8 +473,28 @@ def test_option_empty_leaves_qty_is_none() -> None:
 
 
 def test_bad_bounds_rejected() -> None:
-    with pytest.raises(ValueError, match="positive"):
-        CancelTracker(recent_size=0)
+    with pytest.raises(ValueError, match="recent_size"):
+        CancelTracker(recent_size=-1)
+    with pytest.raises(ValueError, match="recent_age"):
+        CancelTracker(recent_age=0)
+
+
+def test_recent_size_zero_remembers_nothing() -> None:
+    """With recent_size=0 a push still resolves what is pending, but no final state is kept: a
+    later cancel of the same order is registered (start() would fail otherwise), not answered
+    from memory, and a repeated push resolves it with its own state."""
+    t: CancelTracker[Tagged] = CancelTracker(recent_size=0)
+    first = start(t, "w1", oid="X")
+    [done] = t.on_orders([order("X", link="L")], "websocket", 1.0)
+    assert done is first and done.outcome is not None
+    assert t.remembered == 0 and t._recent_link == {}
+    start(t, "w2", oid="X")
+    start(t, "w3", oid=None, link="L")
+    assert len(t) == 2
+    again = t.on_orders([order("X", link="L", updated="2000")], "websocket", 2.0)
+    assert sorted(e.waiter for e in again) == ["w2", "w3"]
+    assert all(e.outcome is not None and e.outcome.updated_time == 2000 for e in again)
+    assert t.remembered == 0 and len(t) == 0
 
 
 def test_order_id_match_checks_category() -> None:

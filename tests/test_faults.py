@@ -213,6 +213,21 @@ async def test_duplicate_and_stale_pushes_change_nothing(fx: FakeExchange, fault
     assert r.status is OrderStatus.CANCELLED and again == r
 
 
+async def test_without_memory_an_ended_order_is_answered_by_bybit(fx: FakeExchange) -> None:
+    """recent_size=0 remembers no final state: cancelling an order that has already ended sends
+    the cancel, and Bybit's 110001 is followed by a lookup that finds the same final state."""
+    o = fx.seed_order()
+    async with fast_client(fx, recent_size=0) as client:
+        r = await cancel(client, o.order_id)
+        await fx.wait_idle()
+        sent = cancel_requests(fx)
+        again = await cancel(client, o.order_id)
+        assert cancel_requests(fx) == sent + 1
+    assert r.status is again.status is OrderStatus.CANCELLED
+    assert (r.source, again.source) == ("websocket", "rest")
+    assert again.order_id == r.order_id and again.cum_exec_qty == r.cum_exec_qty
+
+
 async def test_double_filled_collision_is_filled(fx: FakeExchange) -> None:
     """Cancel accepted while the order executes: two Filled pushes; the answer is Filled."""
     o = fx.seed_order(qty="0.030")

@@ -62,8 +62,8 @@ class Model:
     """The tracker's documented rules, plainly. The memory is never trimmed by the model itself:
     the test drops what the tracker dropped, after checking that the bounds allowed it."""
 
-    def __init__(self, age: float) -> None:
-        self.age = age
+    def __init__(self, age: float, size: int) -> None:
+        self.age, self.size = age, size
         self.pend: dict[int, ME] = {}
         self.mem: dict[str, Mem] = {}  # order id -> its first final state, oldest first
         self.links: dict[tuple[str, str], str] = {}  # (category, link id) -> order id
@@ -104,7 +104,9 @@ class Model:
                         self.last[n] = (ms(o.updated_time), o.order_status)
                 continue
             own, known = (o, src, now), self.mem.get(o.order_id)
-            if known is None or not self.fresh(known, now):  # (one past recent_age is forgotten)
+            if not self.size:  # recent_size=0: nothing remembered, each update answers itself
+                final = own
+            elif known is None or not self.fresh(known, now):  # (one past recent_age: forgotten)
                 final = self.remember(own)
             elif not o.order_id or known[0].category not in ("", o.category):
                 final = own  # another order's: not remembered, and not answered with the first
@@ -130,9 +132,9 @@ class Model:
 
 def run_tracker(seed: int, steps: int) -> None:
     rng = random.Random(seed)
-    size, age = rng.choice([1, 3, 40, 10_000]), rng.choice([5.0, 50.0])
+    size, age = rng.choice([0, 1, 3, 40, 10_000]), rng.choice([5.0, 50.0])
     t: CancelTracker[E] = CancelTracker(recent_size=size, recent_age=age)
-    model, now = Model(age), 0.0
+    model, now = Model(age, size), 0.0
     cats, ids, links = ["linear", "spot"], ["A", "B", "C", ""], ["L1", "L2", ""]
     link_of = {(c, i): rng.choice(links) for c in [*cats, ""] for i in ids}
     entries: dict[int, E] = {}

@@ -403,7 +403,7 @@ def test_credentials_and_urls_are_checked_at_construction() -> None:
         ("reconnect_backoff", (0.1, "1")),
         ("recent_size", "x"),
         ("recent_size", True),
-        ("recent_size", 0),
+        ("recent_size", -1),
         ("recent_age", True),
         ("recent_age", float("inf")),
         # Taken as they came, before: testnet="no" picked the testnet, session=123 failed in
