@@ -16,6 +16,7 @@ import enum
 import inspect
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -74,6 +75,16 @@ class _NoRedirectConnect(connect):
 # (§7 IP limit: "terminate all HTTP sessions and wait for at least 10 minutes"). A reconnect that
 # meets one on the upgrade waits this long before the next attempt (REST raises at once for one).
 _IP_BAN_HOLD = 600.0
+
+# A reconnect that keeps failing the same way (a redirect, a refused upgrade, a name that does not
+# resolve, a refused connection) fails once per backoff cap (10 s by default) for as long as it
+# lasts. The first failure of an outage is a WARNING, and so is a different one; the same failure
+# again is DEBUG, but at most this often (seconds, on the loop's clock) a WARNING says it goes on.
+_STILL_FAILING_EVERY = 300.0
+
+# The handshake's timings in a failure's message ("0.03s of it taken by the connect") change from
+# one attempt to the next: failures that differ only there are the same failure.
+_TIMINGS = re.compile(r"\d+\.\d+s\b")
 
 # No proxy from the environment (websockets reads it from 15 on; aiohttp runs with
 # trust_env=False): REST and the stream take the same path, and a proxy variable meant for
@@ -251,6 +262,7 @@ class PrivateStream:
             raise ClientClosedError("the client was closed while it was connecting")
         self._ws = ws
         self.state = ConnectionState.CONNECTED
+        log.info("private stream connected and subscribed to order (conn_id %s)", self.conn_id)
         self._task = asyncio.get_running_loop().create_task(
             self._supervise(), name="bybit_cancel.stream"
         )
@@ -371,7 +383,6 @@ class PrivateStream:
             raise TransportError(f"websocket closed during {phase}: {closed!r}") from closed
         self.conn_id = reply.conn_id
         self._last_pong = asyncio.get_running_loop().time()
-        log.info("private stream connected and subscribed to order (conn_id %s)", self.conn_id)
         return ws
 
     def _connect_too_slow(self) -> str:
@@ -431,17 +442,20 @@ class PrivateStream:
         loop = asyncio.get_running_loop()
         attempt = 0
         hold_until = 0.0  # (an IP ban's hold: no attempt before then)
+        outage = _Outage(loop.time())  # (replaced when a connection is lost)
         while True:
             ws = self._ws
             if ws is not None:
                 up_since = loop.time()
                 await self._serve(ws)
+                down_since = loop.time()
                 # Only a connection that stayed up resets the backoff: one dropped right after
                 # its handshake meets the growing backoff (§3 Connection limits).
-                if loop.time() - up_since >= self._ping_interval:
+                if down_since - up_since >= self._ping_interval:
                     attempt = 0
                 self._ws = None
                 await _close_ws(ws)
+                outage = _Outage(down_since)
             self.state = ConnectionState.RECONNECTING
             attempt += 1
             # Full jitter; the first retry comes quickly, later ones spread out (Bybit: "Do not
@@ -461,24 +475,25 @@ class PrivateStream:
                 # refusal of the upgrade (401, 5xx alike; a 403, an IP ban, after _IP_BAN_HOLD)
                 # or a redirect. A redirect is never followed, and retrying the URL sends nothing
                 # but an upgrade request; meanwhile every cancel confirms over REST after
-                # push_grace, and the stream comes back if the redirect stops. Giving up would fail every pending and later call, REST
-                # ones included, which a redirect of the stream does not stop; only a refused
-                # auth (REST signs with the same key) proves the client cannot work.
-                if _ip_banned(exc):
-                    hold_until = loop.time() + _IP_BAN_HOLD
-                    log.warning(
-                        "private stream reconnect %d failed: %s; HTTP 403 is an IP ban (Bybit: "
-                        "wait at least 10 minutes), next attempt in %.0f s; cancels confirm over "
-                        "REST meanwhile",
-                        attempt,
-                        exc,
-                        _IP_BAN_HOLD,
-                    )
-                    continue
-                log.warning("private stream reconnect %d failed: %s", attempt, exc)
+                # push_grace, and the stream comes back if the redirect stops. Giving up would
+                # fail every pending and later call, REST ones included, which a redirect of the
+                # stream does not stop; only a refused auth (REST signs with the same key) proves
+                # the client cannot work.
+                now = loop.time()
+                banned = _ip_banned(exc)
+                if banned:
+                    hold_until = now + _IP_BAN_HOLD
+                outage.failed(now, attempt, self._scrub(str(exc)), banned=banned)
                 continue
             self.reconnects += 1
             self.state = ConnectionState.CONNECTED
+            log.info(
+                "private stream reconnected and subscribed to order (conn_id %s) after %s down "
+                "and %s",
+                self.conn_id,
+                _duration(loop.time() - outage.since),
+                _attempts(outage.attempts + 1),
+            )
             self._on_reconnected()
 
     async def _serve(self, ws: _RoutingConnection) -> None:
@@ -576,6 +591,81 @@ class PrivateStream:
         else:
             log.warning("ignoring a frame of unexpected shape (op=%r)", obj.get("op"))
         return None
+
+
+class _Outage:
+    """The log of one outage of the stream, from the loss of its connection to the reconnect
+    that ends it: :meth:`failed` logs each failed attempt (the caller passes the loop's time).
+
+    A failure that does not go away is logged in full once, as a WARNING, not once per attempt
+    for ever: repeats are DEBUG, and at most every ``_STILL_FAILING_EVERY`` seconds a WARNING
+    says it goes on, how many attempts failed since the last WARNING and how long the stream
+    has been down. A different failure, and each IP ban (one per ``_IP_BAN_HOLD``), is a WARNING
+    at once.
+    """
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.attempts = 0  # failed so far
+        self._failure = ""  # the last failure's message, timings masked (_TIMINGS)
+        self._warned = since  # when the last WARNING was logged
+        self._quiet = 0  # failures logged at DEBUG since that WARNING
+
+    def failed(self, now: float, attempt: int, error: str, *, banned: bool) -> None:
+        """Log failed attempt number ``attempt`` (the backoff's count), whose scrubbed message is
+        ``error``; ``banned``: it was refused with HTTP 403, held off ``_IP_BAN_HOLD``."""
+        self.attempts += 1
+        failure, self._failure = self._failure, _TIMINGS.sub("<t>s", error)
+        since_warning = _attempts(self._quiet + 1)
+        if banned:
+            log.warning(
+                "private stream reconnect %d failed: %s; HTTP 403 is an IP ban (Bybit: wait at "
+                "least 10 minutes), next attempt in %.0f s; cancels confirm over REST meanwhile",
+                attempt,
+                error,
+                _IP_BAN_HOLD,
+            )
+        elif self.attempts == 1:
+            log.warning("private stream reconnect %d failed: %s", attempt, error)
+        elif self._failure != failure:
+            log.warning(
+                "private stream reconnect %d failed: %s; down for %s, %s failed since the last "
+                "warning",
+                attempt,
+                error,
+                _duration(now - self.since),
+                since_warning,
+            )
+        elif now - self._warned >= _STILL_FAILING_EVERY:
+            log.warning(
+                "private stream reconnect %d failed: %s; still failing: %s failed since the last "
+                "warning, down for %s",
+                attempt,
+                error,
+                since_warning,
+                _duration(now - self.since),
+            )
+        else:
+            log.debug("private stream reconnect %d failed: %s", attempt, error)
+            self._quiet += 1
+            return
+        self._warned = now
+        self._quiet = 0
+
+
+def _duration(seconds: float) -> str:
+    """A stretch of time as an operator reads it: 4.2 s, 12 min 5 s, 3 h 20 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def _attempts(n: int) -> str:
+    return "1 attempt" if n == 1 else f"{n} attempts"
 
 
 def _ip_banned(exc: BaseException) -> bool:

@@ -1,0 +1,220 @@
+"""How the private stream's reconnect loop logs an outage: a failure that does not go away is one
+WARNING, then DEBUG, with a WARNING at most every five minutes saying it goes on; a different
+failure is a WARNING at once; the reconnect that ends the outage says how long it lasted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import socket
+
+import pytest
+from aiohttp import web
+
+from bybit_cancel import _stream
+
+from .conftest import client_tasks
+from .helpers import make_stream, serve, wait_until
+
+KEY18 = "AbCdEfGhIjKlMnOpQr"
+
+FAILED = re.compile(r"private stream reconnect (\d+) failed: ")
+SINCE_WARNING = re.compile(r"(\d+) attempts? failed since the last warning")
+
+
+def failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if FAILED.match(r.getMessage())]
+
+
+def number(pattern: re.Pattern[str], record: logging.LogRecord) -> int:
+    """The number ``pattern`` finds in the record's message (its attempt, its count)."""
+    found = pattern.search(record.getMessage())
+    assert found is not None, record.getMessage()
+    return int(found[1])
+
+
+# -- the interval, on the loop's clock (no sleeping) ----------------------------------------
+
+
+def test_a_failure_that_goes_on_warns_again_every_five_minutes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A redirect that never stops, retried every 10 s (the default backoff's cap), logged a
+    WARNING per attempt for as long as it lasted. It is one WARNING, then DEBUG, and one
+    WARNING every five minutes saying how many attempts failed since and how long it has been."""
+    error = "websocket connect redirected (HTTP 301 to 'wss://elsewhere/'): not followed"
+    outage = _stream._Outage(1000.0)
+    with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+        for attempt in range(1, 66):
+            outage.failed(1000.0 + 10 * attempt, attempt, error, banned=False)
+    records = failures(caplog)
+    assert len(records) == 65
+    warned = [number(FAILED, r) for r in records if r.levelname == "WARNING"]
+    assert warned == [1, 31, 61]  # at 10 s, then 5 min after each warning
+    assert {r.levelname for r in records} == {"WARNING", "DEBUG"}
+    first, again, third = (r.getMessage() for r in records if r.levelname == "WARNING")
+    assert first == f"private stream reconnect 1 failed: {error}"
+    assert again == (
+        f"private stream reconnect 31 failed: {error}; still failing: 30 attempts failed since "
+        "the last warning, down for 5 min 10 s"
+    )
+    assert third.endswith("30 attempts failed since the last warning, down for 10 min 10 s")
+    assert records[1].getMessage() == f"private stream reconnect 2 failed: {error}"
+
+
+def test_a_different_failure_warns_at_once_and_timings_make_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Failures that differ only in the handshake's timings are the same failure (DEBUG when
+    repeated); a different one is a WARNING at once, with the outage's length so far and the
+    attempts that failed since the last warning."""
+    slow = "websocket auth got no reply in time (handshake_timeout 10s, {}s of it taken by the connect)"
+    outage = _stream._Outage(0.0)
+    with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+        outage.failed(1.0, 1, slow.format("0.03"), banned=False)
+        outage.failed(12.0, 2, slow.format("0.05"), banned=False)
+        outage.failed(83.0, 3, "websocket upgrade refused (HTTP 502 Bad Gateway): ''", banned=False)
+        outage.failed(94.0, 4, "websocket upgrade refused (HTTP 502 Bad Gateway): ''", banned=False)
+    assert [r.levelname for r in failures(caplog)] == ["WARNING", "DEBUG", "WARNING", "DEBUG"]
+    assert (
+        failures(caplog)[2]
+        .getMessage()
+        .endswith("; down for 1 min 23 s, 2 attempts failed since the last warning")
+    )
+
+
+def test_each_ip_ban_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A 403 (an IP ban, one attempt per 10-minute hold) is a WARNING each time, repeated or
+    not, and counts as the last warning for the failures after it."""
+    ban = "websocket upgrade refused (HTTP 403 Forbidden): 'access too frequent'"
+    outage = _stream._Outage(0.0)
+    with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+        for attempt in (1, 2):
+            outage.failed(600.0 * attempt, attempt, ban, banned=True)
+        outage.failed(1210.0, 3, "websocket connect failed: refused", banned=False)
+        outage.failed(1220.0, 4, "websocket connect failed: refused", banned=False)
+    records = failures(caplog)
+    assert [r.levelname for r in records] == ["WARNING", "WARNING", "WARNING", "DEBUG"]
+    assert all("is an IP ban" in r.getMessage() for r in records[:2])
+    assert records[2].getMessage().endswith("1 attempt failed since the last warning")
+
+
+# -- against local servers --------------------------------------------------------------------
+
+
+async def test_a_refused_connection_is_one_warning_then_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing listens on the stream's port (connection refused, every attempt): the first
+    failure is a WARNING, each repeat a DEBUG line with the same text and its attempt number."""
+    closed_port = socket.socket()  # bound, never listening: every connect to it is refused
+    closed_port.bind(("127.0.0.1", 0))
+    port = closed_port.getsockname()[1]
+    stream = make_stream(url=f"ws://127.0.0.1:{port}/v5/private", reconnect_backoff=(0.001, 0.002))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+            # What open() leaves behind once its connection has died: the supervisor, no socket.
+            stream._task = asyncio.get_running_loop().create_task(
+                stream._supervise(), name="bybit_cancel.stream"
+            )
+            await wait_until(lambda: len(failures(caplog)) >= 6)
+            await stream.close()
+    finally:
+        closed_port.close()
+    records = failures(caplog)
+    assert [r.levelname for r in records] == ["WARNING"] + ["DEBUG"] * (len(records) - 1)
+    texts = {FAILED.sub("", r.getMessage()) for r in records}
+    assert len(texts) == 1 and "websocket connect failed" in texts.pop()
+    assert [number(FAILED, r) for r in records] == list(range(1, len(records) + 1))
+    assert client_tasks() == []
+
+
+async def test_an_outage_logs_its_failures_once_and_its_end(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream is lost; its reconnects meet a redirect (quoting the API key), then an upgrade
+    refused with 502, then get through. Each failure is a WARNING the first time and DEBUG when
+    repeated; with the interval at 0 the next repeat is a WARNING that counts the attempts
+    since the last one; the reconnect's INFO line says how long the stream was down and how
+    many attempts it took; the key is scrubbed throughout."""
+    mode = "accept"
+    peers: list[web.WebSocketResponse] = []
+
+    async def private(request: web.Request) -> web.StreamResponse:
+        if mode == "redirect":
+            raise web.HTTPFound(f"ws://elsewhere.invalid/v5/private?key={KEY18}")
+        if mode == "refuse":
+            raise web.HTTPBadGateway()
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        peers.append(ws)
+        async for frame in ws:
+            msg = json.loads(frame.data)
+            reply = {"req_id": msg.get("req_id"), "op": msg["op"], "success": True, "ret_msg": ""}
+            await ws.send_str(json.dumps({**reply, "conn_id": f"c{len(peers)}"}))
+        return ws
+
+    def kinds(kind: str) -> list[logging.LogRecord]:
+        return [r for r in failures(caplog) if kind in r.getMessage()]
+
+    runner, host = await serve(private)
+    stream = make_stream(url=f"ws://{host}/v5/private", key=KEY18, reconnect_backoff=(0.001, 0.002))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+            async with asyncio.timeout(10):
+                await stream.open()
+                mode = "redirect"
+                await peers[0].close()
+                await wait_until(lambda: len(kinds("redirected")) >= 3)
+                mode = "refuse"
+                await wait_until(lambda: len(kinds("HTTP 502")) >= 3)
+                monkeypatch.setattr(_stream, "_STILL_FAILING_EVERY", 0.0)
+                await wait_until(lambda: any("still failing" in r.getMessage() for r in kinds("")))
+                mode = "accept"
+                await wait_until(lambda: stream.reconnects == 1)
+    finally:
+        await stream.close()
+        await runner.cleanup()
+    records = failures(caplog)
+    assert len(kinds("redirected")) >= 3 and len(kinds("HTTP 502")) >= 4
+    assert [number(FAILED, r) for r in records] == list(range(1, len(records) + 1))
+    bare = {
+        "redirected": "websocket connect redirected (HTTP 302 to "
+        "'ws://elsewhere.invalid/v5/private?key=AbCd***'): not followed, a redirect would take "
+        "the auth elsewhere",
+        "502": "websocket upgrade refused (HTTP 502 Bad Gateway): '502: Bad Gateway'",
+    }
+    assert records[0].levelname == "WARNING"
+    assert records[0].getMessage() == f"private stream reconnect 1 failed: {bare['redirected']}"
+    previous, since_warning = "", 0
+    for r in records:
+        message = r.getMessage()
+        failure = "redirected" if "redirected" in message else "502"
+        since_warning += 1
+        if r is records[0]:
+            assert "since the last warning" not in message
+        elif failure != previous or "still failing" in message:
+            assert r.levelname == "WARNING", message
+            assert number(SINCE_WARNING, r) == since_warning, message
+            assert "down for " in message
+            assert FAILED.sub("", message).startswith(bare[failure] + "; "), message
+        else:
+            assert r.levelname == "DEBUG", message
+            assert FAILED.sub("", message) == bare[failure], message
+        if r.levelname == "WARNING":
+            since_warning = 0
+        previous = failure
+    assert {r.levelname for r in kinds("redirected")[1:]} == {"DEBUG"}
+    assert kinds("HTTP 502")[0].levelname == "WARNING"
+    assert kinds("HTTP 502")[1].levelname == "DEBUG"
+    back = [r for r in caplog.records if "reconnected" in r.getMessage()]
+    assert len(back) == 1 and back[0].levelname == "INFO"
+    assert re.fullmatch(
+        rf"private stream reconnected and subscribed to order \(conn_id c2\) after "
+        rf"\d+\.\d s down and {len(records) + 1} attempts",
+        back[0].getMessage(),
+    ), back[0].getMessage()
+    assert KEY18 not in caplog.text
+    assert client_tasks() == []
