@@ -655,9 +655,10 @@ class _Outage:
 
 def _duration(seconds: float) -> str:
     """A stretch of time as an operator reads it: 4.2 s, 12 min 5 s, 3 h 20 min."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
+    tenths = round(seconds, 1)
+    if tenths < 60:
+        return f"{tenths:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes} min {secs} s"
     hours, minutes = divmod(minutes, 60)

@@ -218,3 +218,18 @@ async def test_an_outage_logs_its_failures_once_and_its_end(
     ), back[0].getMessage()
     assert KEY18 not in caplog.text
     assert client_tasks() == []
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (4.24, "4.2 s"),
+        (59.94, "59.9 s"),
+        (59.97, "1 min 0 s"),
+        (61.6, "1 min 2 s"),
+        (3725, "1 h 2 min"),
+    ],
+)
+def test_durations_read_as_an_operator_would(seconds: float, text: str) -> None:
+    """59.97 s is "1 min 0 s", not "60.0 s"."""
+    assert _stream._duration(seconds) == text
