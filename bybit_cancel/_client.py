@@ -248,6 +248,7 @@ class BybitCancelClient:
             ("ping_interval", ping_interval),
             ("http_timeout", http_timeout),
             ("handshake_timeout", handshake_timeout),
+            ("recent_age", recent_age),
         ):
             if not _is_seconds(value):
                 raise ValueError(

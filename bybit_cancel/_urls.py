@@ -27,6 +27,10 @@ def resolve_urls(
     rest_default, ws_default = _HOSTS[(bool(testnet), bool(demo))]
     rest = rest_url if rest_url is not None else rest_default
     ws = ws_url if ws_url is not None else ws_default
+    for name, url in (("rest_url", rest), ("ws_url", ws)):
+        # (Not a str: bytes or a number failed below with a TypeError or AttributeError.)
+        if not isinstance(url, str):
+            raise ValueError(f"{name} must be a str or None, got {url!r}")
     if not rest.startswith(("http://", "https://")):
         raise ValueError(f"rest_url must start with http:// or https://, got {rest!r}")
     if not ws.startswith(("ws://", "wss://")):

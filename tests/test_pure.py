@@ -406,6 +406,11 @@ def test_credentials_and_urls_are_checked_at_construction() -> None:
         ("recent_size", -1),
         ("recent_age", True),
         ("recent_age", float("inf")),
+        # Past 1e9 s, which bounds every other duration; and URLs that are not a str, which
+        # failed with an AttributeError or a TypeError.
+        ("recent_age", 1e10),
+        ("rest_url", 123),
+        ("ws_url", b"ws://127.0.0.1/v5/private"),
         # Taken as they came, before: testnet="no" picked the testnet, session=123 failed in
         # open() with an AttributeError, seed=[1] raised a TypeError.
         ("testnet", "no"),
