@@ -264,6 +264,40 @@ async def test_memory_stays_bounded_over_many_cancels() -> None:
         assert [counts[1][k] for k in book] == [counts[2][k] for k in book]
 
 
+async def test_made_up_categories_share_one_rate_window_per_endpoint() -> None:
+    """Requests with 200 distinct made-up categories (and a missing or non-string one) are each
+    answered 10001 with the limit headers, and leave one rate window per endpoint, not one per
+    category; a real category's window is its own, as before (protocol §7)."""
+    async with (
+        FakeExchange(KEY, SECRET, rate_limits={"/v5/order/cancel": 2}) as fx,
+        aiohttp.ClientSession() as s,
+        asyncio.timeout(20),
+    ):
+        rest = Rest(s, fx)
+        junk: list[Any] = [f"zzz{i}" for i in range(200)] + [None, 5, ""]
+        for category in junk:
+            body = {"symbol": "BTCUSDT", "orderId": "1"}
+            if category is not None:
+                body["category"] = category
+            _, data, h = await rest.post("/v5/order/cancel", body)
+            # Counted before the category is checked: past the endpoint's limit, 10006.
+            assert data["retCode"] in (10001, 10006), data
+            assert h["X-Bapi-Limit"] == "2"
+            if data["retCode"] == 10001:
+                assert data["retMsg"] == "params error: Illegal category"
+            query = "symbol=BTCUSDT" + ("" if category is None else f"&category={category}")
+            _, data, h = await rest.get("/v5/order/realtime", query)
+            assert (data["retCode"], data["retMsg"]) == (10001, "params error: Illegal category")
+            assert h["X-Bapi-Limit"] == "10000"
+        assert set(fx._windows) == {("/v5/order/cancel", ""), ("/v5/order/realtime", "")}
+        # A real category still has a window of its own, at the endpoint's limit.
+        o = fx.seed_order()
+        answers = [await rest.cancel("linear", "BTCUSDT", orderId=o.order_id) for _ in range(3)]
+        assert [a[1]["retCode"] for a in answers] == [0, 110001, 10006]
+        assert [a[2]["X-Bapi-Limit-Status"] for a in answers] == ["1", "0", "0"]
+        assert len(fx._windows) == 3
+
+
 async def test_defaults_keep_everything_a_test_suite_sends() -> None:
     """Below the default bounds (10,000 records, 10,000 finished orders per category) nothing
     is dropped: the attributes mean what they meant before."""

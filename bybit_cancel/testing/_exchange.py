@@ -40,8 +40,9 @@ FINAL_STATUSES: Final = frozenset(
 )
 # Requests per second per endpoint when `rate_limits` does not name it: lifted far above Bybit's
 # own, so that tests and benchmarks can burst. Pass `rate_limits=BYBIT_RATE_LIMITS` to meet
-# Bybit's defaults (protocol §7, UTA). Each (endpoint, category) has its own window; a key
-# "<endpoint> <category>" sets one category's limit, over the endpoint's own.
+# Bybit's defaults (protocol §7, UTA). Each (endpoint, category) has its own window (one shared
+# window for every category that is not Bybit's); a key "<endpoint> <category>" sets one
+# category's limit, over the endpoint's own.
 DEFAULT_RATE_LIMIT: Final = 10_000
 BYBIT_RATE_LIMITS: Final = {
     "/v5/order/cancel": 10,
@@ -291,7 +292,8 @@ class FakeExchange:
     Rate limits are lifted by default (10,000 requests/s per endpoint and category); pass
     ``rate_limits=BYBIT_RATE_LIMITS`` for Bybit's own (10/s for a linear cancel, 20/s for a spot
     one), or any ``{endpoint: per_second}``, where a key ``"<endpoint> <category>"`` sets one
-    category's limit.
+    category's limit. Requests whose category is not one of Bybit's four (answered 10001) all
+    count in one window per endpoint, under the endpoint's own limit.
 
     What it records for tests: ``requests`` (every HTTP request, as ``RecordedRequest``),
     ``ws_received`` (every JSON object received on a websocket) and ``fault_log`` (``(order id,
@@ -1187,6 +1189,13 @@ class FakeExchange:
 
     def _rate(self, endpoint: str, category: str) -> tuple[bool, dict[str, str]]:
         """protocol §7: rolling 1-second window per (endpoint, category); returns headers."""
+        # A request is counted before its category is checked, so a bad category still gets the
+        # limit headers (§7: they come back "on every request") and can still get 10006. Bybit's
+        # docs do not say which comes first. Every category that is not one of Bybit's shares
+        # one window per endpoint, under the endpoint's own limit: a window each would let
+        # requests with made-up categories grow the fake without bound.
+        if category not in CATEGORIES:
+            category = ""
         limit = self._limit(endpoint, category)
         window = self._windows.get((endpoint, category))
         if window is None:
