@@ -252,6 +252,22 @@ class _Final(msgspec.Struct, gc=False):
         )
 
 
+V = TypeVar("V")
+
+
+class _Forgetful(dict[K, V]):
+    """The memory of final states when there is none (``recent_size=0``): what is put in is
+    not kept, so it always reads as empty."""
+
+    __slots__ = ()
+
+    def setdefault(self, key: K, default: V) -> V:
+        return default
+
+    def __setitem__(self, key: K, value: V) -> None:
+        return None
+
+
 class CancelTracker(Generic[E]):
     """Tracks pending cancels and decides what each order update resolves.
 
@@ -284,8 +300,10 @@ class CancelTracker(Generic[E]):
         self._count = 0
         # orderId -> its first final state, oldest first (a dict keeps insertion order, and `now`
         # only grows, so the oldest entry is also the first).
-        self._recent: dict[str, _Final] = {}
-        self._recent_link: dict[tuple[str, str], str] = {}
+        # (With recent_size=0, two that keep nothing: the router's path stays the same, and
+        # the default memory pays no test for the option.)
+        self._recent: dict[str, _Final] = {} if recent_size else _Forgetful()
+        self._recent_link: dict[tuple[str, str], str] = {} if recent_size else _Forgetful()
         self._recent_size = recent_size
         self._recent_limit = recent_size + _EVICT_SLACK
         self._recent_age = recent_age
@@ -375,8 +393,7 @@ class CancelTracker(Generic[E]):
         # one pop from the id index, with the bookkeeping that can wait done once per frame.
         resolved: list[E] = []
         by_id = self._by_id.one
-        # None when nothing is remembered (recent_size=0).
-        recent = self._recent if self._recent_size else None
+        recent = self._recent
         # The common case, one cancel per order id and none by link id (decided once per push:
         # the loop below changes neither).
         simple = not (self._by_id.more or self._by_link.one)
@@ -393,15 +410,14 @@ class CancelTracker(Generic[E]):
                 continue
             # Remember it; sticky: the first final state seen for an order wins.
             final = _Final(order, status, source, now)
-            if recent is not None:
-                known = recent.setdefault(order.order_id, final)
-                if known is not final:
-                    # (Rare: a repeated or stale final push, a REST answer after the push.)
-                    final = self._sticky(known, final)
-                else:
-                    inserted += 1
-                    if order.order_link_id:
-                        self._recent_link[(order.category, order.order_link_id)] = order.order_id
+            known = recent.setdefault(order.order_id, final)
+            if known is not final:
+                # (Rare: a repeated or stale final push, a REST answer after the push.)
+                final = self._sticky(known, final)
+            else:
+                inserted += 1
+                if order.order_link_id:
+                    self._recent_link[(order.category, order.order_link_id)] = order.order_id
             if simple:
                 head = by_id.pop(order.order_id, None)
                 if head is None:
@@ -424,7 +440,7 @@ class CancelTracker(Generic[E]):
             # Trimmed in batches: by size when over the bound by a little, by age every 128
             # pushes that added states, so a full memory does not pay an eviction per insert.
             self._inserts += 1
-            if len(self._recent) > self._recent_limit or not self._inserts & 127:
+            if len(recent) > self._recent_limit or not self._inserts & 127:
                 self._evict(now)
         return resolved
 
