@@ -79,6 +79,9 @@ def _is_int(value: object) -> bool:
 
 _NO_ACK = CancelAck()
 R = TypeVar("R")
+# How soon after interrupting a call inside REST we look whether the cancel reached it (see
+# _check_interrupt): a few milliseconds, as the deadline's own granularity.
+_INTERRUPT_CHECK = 0.005
 
 
 class _State(enum.Enum):
@@ -886,6 +889,31 @@ class BybitCancelClient:
             # cancel_order turns this cancellation (and only this one) into the outcome.
             entry.interrupted = True
             owner.cancel()
+            # The HTTP layer may take it back: aiohttp does when its own timeout fires in the
+            # same turn of the loop (each of its two nested `with timer:` blocks uncancels),
+            # and the request then fails as timed out and is retried, with nothing left to end
+            # the call. So look whether it arrived.
+            loop = self._loop
+            assert loop is not None
+            loop.call_later(_INTERRUPT_CHECK, self._check_interrupt, entry, owner)
+
+    def _check_interrupt(self, entry: Call, owner: asyncio.Future[Any]) -> None:
+        """Send an interrupt again if it was lost on its way to ``cancel_order``. (``owner`` is
+        the caller's task, from ``asyncio.current_task()``: a Task of any kind has
+        ``cancelling()``.)"""
+        if not entry.interrupted or entry.closed or owner.done():
+            return  # it arrived (cancel_order has taken it back), or the call has ended
+        loop = self._loop
+        assert loop is not None
+        if owner.cancelling() > self._interrupt_bases.get(entry, 0):  # type: ignore[attr-defined]
+            loop.call_later(_INTERRUPT_CHECK, self._check_interrupt, entry, owner)
+            return  # still on its way
+        # Taken back on the way: no cancel of ours is pending any more, so the flag would make
+        # cancel_order take the caller's own next cancel for ours. Interrupt again if the call
+        # is still inside REST (retrying the request that failed instead).
+        entry.interrupted = False
+        if entry.owner is owner:
+            self._interrupt_owner(entry)
 
     async def _reconcile(self, entries: list[Call]) -> None:
         if not entries:

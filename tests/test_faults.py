@@ -1078,3 +1078,72 @@ async def test_a_user_timeout_that_fired_first_is_not_lost(fx: FakeExchange) -> 
     finally:
         await client.aclose()
     assert after == [] and isinstance(task.exception(), TimeoutError), (after, task)
+
+
+class _SwallowsOneCancel:
+    """Stands in for the client's aiohttp session: POSTs never get an answer, and the first
+    cancel that reaches one is taken back and turned into a TimeoutError. aiohttp 3.14 does
+    that when its own timeout (`http_timeout`) fires in the same turn of the loop as another
+    cancel: the request sits in two nested `with timer:` blocks of one TimerContext, and each
+    block's exit calls `uncancel()`, so both cancels are taken back. GETs go to the session."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        self.swallowed = 0
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session.get(*args, **kwargs)
+
+    def post(self, *_: Any, **__: Any) -> _SwallowsOneCancel:
+        return self
+
+    async def __aenter__(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            raise TimeoutError from None
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("close", [False, True])
+async def test_an_interrupt_the_http_layer_swallowed_is_sent_again(
+    fx: FakeExchange, close: bool
+) -> None:
+    """The deadline (or aclose()) interrupts a call inside REST by cancelling its task; when the
+    HTTP layer took that cancel back and failed the request with a TimeoutError instead, the
+    call went on retrying with nothing left to stop it: past its timeout, for as long as the
+    requests failed (forever here), and a later cancel of its task was taken for ours and
+    swallowed too. Seen with aiohttp when `timeout` equals `http_timeout`."""
+    order = fx.seed_order()
+    async with aiohttp.ClientSession() as session:
+        client = make_client(fx, session=session)
+        await client.open()
+        rest = client._rest
+        assert rest is not None
+        swallower = _SwallowsOneCancel(session)
+        rest._session = swallower  # type: ignore[assignment]
+        try:
+            task = asyncio.create_task(
+                client.cancel_order(
+                    category="linear", symbol="BTCUSDT", order_id=order.order_id, timeout=0.3
+                )
+            )
+            if close:
+                await wait_until(lambda: client.pending_count == 1)
+                await asyncio.wait_for(client.aclose(), 5)
+            await asyncio.wait_for(asyncio.wait([task]), 5)
+            expected = ClientClosedError if close else ConfirmationTimeout
+            assert isinstance(task.exception(), expected), task
+            assert swallower.swallowed == 1
+        finally:
+            task.cancel()
+            await client.aclose()
+    assert client_tasks() == []
