@@ -108,7 +108,7 @@ def validate_cancel(
 ) -> dict[str, str]:
     """Check a cancel's arguments and build the request body. Raises ``ValueError``; no I/O."""
     _check_order(category, symbol, order_id, order_link_id)
-    _check_options(category, order_filter, timeout)
+    _check_options(category, order_filter, timeout, None)
     # (The link id only when there is no order id: the id wins on Bybit.)
     return _body(
         category, symbol, order_id or "", "" if order_id else order_link_id or "", order_filter
@@ -121,7 +121,11 @@ def _check_order(
     """The order half of :func:`validate_cancel` (cancel_order calls the halves itself: a call
     with fewer arguments keeps a smaller frame for every parked cancel, item 32)."""
     # (The common case passes each test with one check: the messages are sorted out after.)
-    if category not in CATEGORIES:
+    try:
+        known = category in CATEGORIES
+    except TypeError:  # unhashable (a list, a dict): no category either
+        known = False
+    if not known:
         if not category:
             raise ValueError("category is required (linear, inverse, spot or option)")
         raise ValueError(f"unknown category {category!r}: use linear, inverse, spot or option")
@@ -142,12 +146,17 @@ def _check_order(
         raise ValueError("order_link_id must be 1-36 characters of letters, digits, '-' or '_'")
 
 
-def _check_options(category: str, order_filter: str | None, timeout: float) -> None:
-    """The rest of :func:`validate_cancel`: the spot order filter and the timeout."""
+def _check_options(
+    category: str,
+    order_filter: str | None,
+    timeout: float,
+    on_ack: Callable[[str, str], None] | None,
+) -> None:
+    """The rest of :func:`validate_cancel`: the spot order filter, the timeout and ``on_ack``."""
     if order_filter is not None:
         if category != "spot":
             raise ValueError("order_filter applies to spot orders only")
-        if order_filter not in SPOT_ORDER_FILTERS:
+        if not (isinstance(order_filter, str) and order_filter in SPOT_ORDER_FILTERS):
             raise ValueError(f"order_filter must be one of {sorted(SPOT_ORDER_FILTERS)}")
     if (
         not isinstance(timeout, _NUMBER)
@@ -157,6 +166,10 @@ def _check_options(category: str, order_filter: str | None, timeout: float) -> N
         raise ValueError(
             f"timeout must be a positive number of seconds, at most 1e9, got {timeout!r}"
         )
+    if on_ack is not None and not callable(on_ack):
+        # Refused here: called only once Bybit has acknowledged, it would fail the call after
+        # the cancel was sent.
+        raise ValueError(f"on_ack must be a callable or None, got {type(on_ack).__name__}")
 
 
 def _body(
@@ -491,7 +504,7 @@ class BybitCancelClient:
         # it takes more than four arguments (a call's arguments sit on the frame's stack, whose
         # deepest point is also kept in every parked call). performance.md item 32.
         _check_order(category, symbol, order_id, order_link_id)
-        _check_options(category, order_filter, timeout)
+        _check_options(category, order_filter, timeout, on_ack)
         entry = self._begin(category, symbol, order_id, order_link_id)
         if isinstance(entry, CancelResult):
             return entry  # the order had already ended: no request

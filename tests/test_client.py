@@ -300,6 +300,9 @@ BAD_INPUTS = [
     {"category": "linear", "symbol": "BTCUSDT", "order_id": "x", "order_filter": "StopOrder"},
     {"category": "linear", "symbol": "BTCUSDT", "order_id": "x", "timeout": 0},
     {"category": "linear", "symbol": "BTCUSDT", "order_id": "x", "timeout": -3},
+    # Of the wrong type and unhashable: a TypeError out of a set lookup, before.
+    {"category": ["linear"], "symbol": "BTCUSDT", "order_id": "x"},
+    {"category": "spot", "symbol": "BTCUSDT", "order_id": "x", "order_filter": ["Order"]},
 ]
 
 
@@ -312,6 +315,23 @@ async def test_bad_input_sends_nothing(
     with pytest.raises(ValueError):
         await client.cancel_order(**kwargs)  # type: ignore[arg-type]
     assert len(fx.requests) == before
+
+
+async def test_an_on_ack_that_cannot_be_called_is_refused_before_the_cancel(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """on_ack is called only once Bybit has acknowledged: one that is not callable used to fail
+    the call with a TypeError after the order had been cancelled."""
+    o = fx.seed_order()
+    before = len(fx.requests)
+    with pytest.raises(ValueError, match="on_ack"):
+        await client.cancel_order(
+            category="linear",
+            symbol="BTCUSDT",
+            order_id=o.order_id,
+            on_ack="print",  # type: ignore[arg-type]
+        )
+    assert len(fx.requests) == before and fx.order(o.order_id).status == "New"
 
 
 @pytest.mark.parametrize("kwargs", BAD_INPUTS[:3])

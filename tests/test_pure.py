@@ -250,6 +250,16 @@ def test_overrides_win() -> None:
         resolve_urls(testnet=False, demo=False, rest_url=None, ws_url="http://x")
 
 
+@pytest.mark.parametrize("url", [8080, b"http://127.0.0.1:8080", ["http://127.0.0.1:8080"]])
+def test_an_override_that_is_not_a_string_is_a_value_error(url: object) -> None:
+    """Not an AttributeError or TypeError from `.startswith` (README: bad values of the wrong
+    type too raise ValueError)."""
+    with pytest.raises(ValueError, match="rest_url must be a str"):
+        resolve_urls(testnet=False, demo=False, rest_url=url, ws_url=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ws_url must be a str"):
+        resolve_urls(testnet=False, demo=False, rest_url=None, ws_url=url)  # type: ignore[arg-type]
+
+
 # -------------------------------------------------------------------------------- exceptions
 
 
