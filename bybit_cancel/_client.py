@@ -793,6 +793,12 @@ class BybitCancelClient:
                 # knowing it means a Bybit restart plus history's lag (§8), not "no such order".
                 return await self._await_final(entry, order_filter)
             raise OrderNotFound(exc.ret_code, exc.ret_msg) from None
+        if order.symbol and order.symbol != entry.symbol:
+            # A lookup by id finds the order whatever the symbol (§8: the id wins over the
+            # symbol), but a cancel names the symbol too, and under another one Bybit finds no
+            # such order. No race to wait for: say which symbol it is on.
+            hint = f"the order is on {order.symbol}, not {entry.symbol}"
+            raise BybitAPIError(exc.ret_code, exc.ret_msg, hint=hint) from None
         # Bybit knows the order and it is still open, yet it would not cancel it: a cancel aimed
         # at the wrong spot book (orderFilter, §6) or one racing a fill. Give the race a chance.
         outcome = await self._park(entry, self._push_grace)

@@ -174,6 +174,26 @@ async def test_conditional_order_deactivated(fx: FakeExchange, client: BybitCanc
     assert r.status is OrderStatus.DEACTIVATED and r.cancelled
 
 
+async def test_a_cancel_under_the_wrong_symbol_says_which_symbol(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """Bybit answers 110001 to a cancel under another symbol, while a lookup by id finds the
+    order open: the error names the order's symbol, at once, and does not point at orderFilter or
+    a race. The order is left alone."""
+    o = fx.seed_order(symbol="ETHUSDT", order_link_id="eth-1")
+    for oid, link in ((o.order_id, None), (None, "eth-1")):
+        with pytest.raises(BybitAPIError) as info:
+            await client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=oid, order_link_id=link, timeout=5
+            )
+        assert not isinstance(info.value, OrderNotFound)
+        assert info.value.ret_code == 110001
+        assert "the order is on ETHUSDT, not BTCUSDT" in str(info.value), info.value
+        assert "order_filter" not in str(info.value)
+    assert fx.order(o.order_id).status == "New"
+    assert client.pending_count == 0
+
+
 async def test_spot_stop_order_needs_order_filter(
     fx: FakeExchange, client: BybitCancelClient
 ) -> None:
