@@ -23,6 +23,7 @@ import random
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -408,6 +409,10 @@ class BybitCancelClient:
 
     async def _close(self) -> None:
         closed = ClientClosedError("the client was closed before the cancel was confirmed")
+        if self._rest is not None:
+            # A request that fails from here on is not retried: what ends a call or a reconcile
+            # lookup inside REST no longer depends on a cancel the HTTP layer may take back.
+            self._rest.closed = True
         self._fail_pending(closed)
         if self._timers is not None:
             # Every call in flight has a deadline queued, including those already resolved but
@@ -938,24 +943,101 @@ class BybitCancelClient:
         if not entries:
             return
         log.info("reconciling %d pending cancels over REST after a reconnect", len(entries))
-        queue = iter(entries)
+        queue = deque(entries)
+        loop = self._loop
+        assert loop is not None
+        # A few lookups at a time: /v5/order/realtime allows 50 requests/s (§7). Tasks of this
+        # one's own, not a task group: a group's second cancel does not reach its workers, and
+        # the HTTP layer may take the first back (see _end_all).
+        workers = [
+            loop.create_task(self._reconcile_worker(queue), name=f"bybit_cancel.reconcile-{i}")
+            for i in range(min(8, len(entries)))
+        ]
+        try:
+            await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            queue.clear()  # a worker whose cancel became a TimeoutError takes no next entry
+            await _end_all(workers)
+            errors = [w.exception() for w in workers if not w.cancelled()]  # (all retrieved)
+        for error in errors:
+            if error is not None:
+                raise error  # a bug: lookup failures are caught in the worker
 
-        async def worker() -> None:
-            for entry in queue:
-                if entry.final is not None or entry.error is not None:
-                    continue
-                try:
-                    # Bounded: the entry's own caller keeps its own deadline and fallback.
-                    async with asyncio.timeout(self._http_timeout * 2):
-                        await self._lookup(entry, None, owned=False)
-                except (BybitError, TimeoutError) as exc:
-                    log.debug("reconcile lookup failed: %s", exc)
+    async def _reconcile_worker(self, queue: deque[Call]) -> None:
+        while queue:
+            entry = queue.popleft()
+            if entry.final is not None or entry.error is not None:
+                continue
+            try:
+                # Bounded: the entry's own caller keeps its own deadline and fallback.
+                async with _FirmTimeout(self._http_timeout * 2):
+                    await self._lookup(entry, None, owned=False)
+            except (BybitError, TimeoutError) as exc:
+                log.debug("reconcile lookup failed: %s", exc)
 
-        # A few lookups at a time: /v5/order/realtime allows 50 requests/s (§7). The task group
-        # waits for its workers even when cancelled, so none outlives the client.
-        async with asyncio.TaskGroup() as group:
-            for i in range(min(8, len(entries))):
-                group.create_task(worker(), name=f"bybit_cancel.reconcile-{i}")
+
+class _FirmTimeout:
+    """``asyncio.timeout(delay)``, for a block whose cancels the HTTP layer may take back: aiohttp
+    does when its own timeout fires in the same turn (see _interrupt_owner), and the request
+    that failed is then retried, unbounded. So once the timeout has fired, its cancel is sent
+    again every few ms while none is on its way, until the block ends (with ``TimeoutError``)."""
+
+    __slots__ = ("_base", "_check", "_task", "_timeout")
+
+    def __init__(self, delay: float) -> None:
+        self._timeout = asyncio.timeout(delay)
+        self._check: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._base = task.cancelling()  # (what asyncio.timeout measures against too)
+        await self._timeout.__aenter__()
+        when = self._timeout.when()
+        assert when is not None
+        self._check = asyncio.get_running_loop().call_at(when + _INTERRUPT_CHECK, self._resend)
+
+    def _resend(self) -> None:
+        task = self._task
+        if task.cancelling() <= self._base:
+            task.cancel()  # the timeout's cancel was taken back: asyncio.timeout turns this one
+        self._check = asyncio.get_running_loop().call_later(_INTERRUPT_CHECK, self._resend)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
+        await self._timeout.__aexit__(exc_type, exc, tb)  # (never suppresses)
+
+
+async def _end_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended. The HTTP layer may take a cancel back
+    (aiohttp does when its own timeout fires in the same turn, see _interrupt_owner) and the task
+    then retries the request that failed: a task with no cancel on its way is cancelled again,
+    every few ms. (A closed client's requests retry nothing, so on aclose() that ends even
+    tasks that lose every cancel.) Cancelling the caller does not cut the wait short: that is
+    raised once all have ended, so none outlives its owner."""
+    for task in tasks:
+        task.cancel()
+    interrupted = False
+    pending = [task for task in tasks if not task.done()]
+    while pending:
+        try:
+            await asyncio.wait(pending, timeout=_INTERRUPT_CHECK)
+        except asyncio.CancelledError:
+            interrupted = True
+        pending = [task for task in pending if not task.done()]
+        for task in pending:
+            if not task.cancelling():
+                task.cancel()
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 async def _keeping_mark(sent: BaseException, confirming: Awaitable[R]) -> R:

@@ -11,7 +11,8 @@ Every retry decision for REST lives in :meth:`RestClient._call` (README "Failure
   to every later timestamp, retry once;
 * HTTP 403 (IP ban, §7), other HTTP errors, auth errors and other retCodes: raised at once.
 
-The caller bounds the whole loop with its own deadline (the client's shared timers interrupt it).
+The caller bounds the whole loop with its own deadline (the client's shared timers interrupt it);
+once the client closes (``RestClient.closed``), a request that fails is not retried.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from yarl import URL
 from ._exceptions import (
     BybitAPIError,
     BybitError,
+    ClientClosedError,
     HTTPStatusError,
     TransportError,
     error_from_ret_code,
@@ -241,6 +243,7 @@ class RestClient:
         "_slots",
         "_timeout",
         "clock",
+        "closed",
         "limiter",
         "stats",
     )
@@ -270,6 +273,8 @@ class RestClient:
         self._max_retries = max_retries
         self._rng = rng
         self.stats = RestStats()
+        # Set when the client closes: a request that fails then is not retried (see _backoff).
+        self.closed = False
         self._resync_lock = asyncio.Lock()
         self._last_resync = -1e9
         # Sign only once a pooled connection is (about to be) free: aiohttp would otherwise queue
@@ -540,6 +545,12 @@ class RestClient:
         return error_from_ret_code(ret_code, scrub_key(ret_msg, self._api_key))
 
     async def _backoff(self, failures: int, why: str) -> None:
+        if self.closed:
+            # The client interrupts its calls by cancelling them, and the HTTP layer may take
+            # such a cancel back (aiohttp does when its own timeout fires in the same turn) and
+            # fail the request instead: retrying it then would outlast the close, for as long
+            # as requests kept failing. (Here, not on every request: only a failure pays.)
+            raise ClientClosedError(f"{why}; not retried: the client is closed")
         self.stats.retries += 1
         # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^n)].
         delay = self._rng.uniform(0, min(2.0, 0.05 * 2 ** (failures - 1)))

@@ -1147,3 +1147,161 @@ async def test_an_interrupt_the_http_layer_swallowed_is_sent_again(
             task.cancel()
             await client.aclose()
     assert client_tasks() == []
+
+
+class _HoldsLookups:
+    """Stands in for the client's aiohttp session: ``GET /v5/order/realtime`` (the reconcile's
+    first lookup) never gets an answer, and a cancel that reaches one is taken back and turned
+    into a TimeoutError, as aiohttp 3.14 does when its own timeout fires in the same turn (see
+    _SwallowsOneCancel): the first ``swallow`` cancels, or every one when None. Everything else,
+    and everything once released, goes to the session."""
+
+    def __init__(self, session: aiohttp.ClientSession, swallow: int | None = 1) -> None:
+        self._session = session
+        self._swallow = swallow
+        self.swallowed = 0
+        self.entered = asyncio.Event()
+        self.released = asyncio.Event()
+
+    def get(self, url: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.released.is_set() or "/v5/order/realtime" not in str(url):
+            return self._session.get(url, *args, **kwargs)
+        return _HeldLookup(self)
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session.post(*args, **kwargs)
+
+
+class _HeldLookup:
+    def __init__(self, holder: _HoldsLookups) -> None:
+        self._holder = holder
+
+    async def __aenter__(self) -> None:
+        holder = self._holder
+        holder.entered.set()
+        try:
+            await holder.released.wait()
+        except asyncio.CancelledError:
+            if holder._swallow is not None and holder.swallowed >= holder._swallow:
+                raise
+            holder.swallowed += 1
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            raise TimeoutError from None
+        raise aiohttp.ClientConnectionError("released")  # retried, then sent to the session
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+
+class _NoJitter(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return 0.0
+
+
+async def _reconciling(
+    fx: FakeExchange, holder: _HoldsLookups, **options: Any
+) -> tuple[BybitCancelClient, asyncio.Task[CancelResult]]:
+    """A client with one cancel pending (its push lost) and its REST lookups held by ``holder``:
+    the stream drops and reconnects, and the reconcile's lookup is inside its GET."""
+    order = fx.seed_order()
+    fx.add_fault(Fault.DROP_PUSH, order_id=order.order_id)
+    client = make_client(fx, session=holder._session, push_grace=30.0, **options)
+    await client.open()
+    rest = client._rest
+    assert rest is not None
+    rest._session = holder  # type: ignore[assignment]
+    # Retried at once: a cancel sent again then finds the worker inside the GET, as it would
+    # in an attempt that waits out http_timeout, not in the backoff's sleep (which keeps it).
+    rest._rng = _NoJitter()
+    try:
+        call = await cancel_until_acked(client, order.order_id, timeout=60)
+        await fx.disconnect_all()
+        await asyncio.wait_for(holder.entered.wait(), 5)
+    except BaseException:
+        holder.released.set()
+        await client.aclose()
+        raise
+    return client, call
+
+
+@pytest.mark.parametrize("swallow", [1, None], ids=["once", "always"])
+async def test_aclose_ends_a_reconcile_lookup_that_swallowed_its_cancel(
+    fx: FakeExchange, swallow: int | None
+) -> None:
+    """aclose() cancels the reconnect's reconcile; when the HTTP layer took that cancel back
+    from a worker's lookup (a TimeoutError instead), the worker went on retrying and the task
+    group, and aclose(), waited for it: for as long as REST kept failing (here until the
+    lookup's own bound, 2 x http_timeout). Now the worker is cancelled again, and a closed
+    client retries nothing, so even a worker that loses every cancel ends."""
+    async with aiohttp.ClientSession() as session:
+        holder = _HoldsLookups(session, swallow)
+        client, call = await _reconciling(fx, holder, http_timeout=20)
+        closing = asyncio.create_task(client.aclose())
+        try:
+            done, _ = await asyncio.wait([closing], timeout=5)
+            assert closing in done, "aclose() is still waiting for the reconcile"
+            await asyncio.wait_for(asyncio.wait([call]), 5)
+            assert isinstance(call.exception(), ClientClosedError), call
+            assert holder.swallowed >= 1
+            assert client_tasks() == []
+        finally:
+            holder.released.set()  # (the old code's aclose() ends once lookups are answered)
+            await asyncio.wait_for(closing, 5)
+            call.cancel()
+    assert client_tasks() == []
+
+
+async def test_a_superseded_reconcile_ends_though_its_lookup_swallowed_the_cancel(
+    fx: FakeExchange,
+) -> None:
+    """The next reconnect cancels the reconcile it supersedes; when the HTTP layer took that
+    cancel back from a worker's lookup, the old reconcile ran on beside the new one (a second
+    cancel of a task group does not reach its workers). Its worker is now cancelled again."""
+    async with aiohttp.ClientSession() as session:
+        holder = _HoldsLookups(session)
+        client, call = await _reconciling(fx, holder, http_timeout=20)
+        try:
+            old = client._reconcile_task
+            assert old is not None
+            workers = [
+                t for t in client_tasks() if t.get_name().startswith("bybit_cancel.reconcile-")
+            ]
+            assert workers
+            client._on_reconnected()  # as the stream calls it after the next reconnect
+            done, _ = await asyncio.wait([old], timeout=5)
+            assert old in done, "the superseded reconcile is still running"
+            assert all(w.done() for w in workers)
+            assert holder.swallowed == 1
+            assert client._reconcile_task is not old and client._old_reconciles == set()
+        finally:
+            holder.released.set()
+            await asyncio.wait_for(client.aclose(), 5)
+            call.cancel()
+    assert client_tasks() == []
+
+
+async def test_a_reconcile_lookup_ends_though_its_own_timeout_was_swallowed(
+    fx: FakeExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each reconcile lookup is bounded (2 x http_timeout) by cancelling its worker; when the
+    HTTP layer took that cancel back, the lookup went on retrying for as long as REST kept
+    failing, and the reconcile with it. The bound's cancel is now sent again."""
+    caplog.set_level(logging.DEBUG, logger="bybit_cancel")
+    async with aiohttp.ClientSession() as session:
+        holder = _HoldsLookups(session)
+        client, call = await _reconciling(fx, holder, http_timeout=0.25)
+        try:
+            reconcile = client._reconcile_task
+            assert reconcile is not None
+            done, _ = await asyncio.wait([reconcile], timeout=5)
+            assert reconcile in done, "the reconcile's lookup outlived its bound"
+            assert holder.swallowed == 1
+            assert "reconcile lookup failed" in caplog.text
+            assert not call.done()  # its own caller keeps its own deadline and fallback
+        finally:
+            holder.released.set()
+            await asyncio.wait_for(client.aclose(), 5)
+            call.cancel()
+    assert client_tasks() == []
