@@ -964,59 +964,32 @@ class BybitCancelClient:
                 raise error  # a bug: lookup failures are caught in the worker
 
     async def _reconcile_worker(self, queue: deque[Call]) -> None:
+        loop = self._loop
+        assert loop is not None
         while queue:
             entry = queue.popleft()
             if entry.final is not None or entry.error is not None:
                 continue
+            # Bounded: the entry's own caller keeps its own deadline and fallback. A task of the
+            # worker's own, ended by _end_all: the HTTP layer may take a cancel back.
+            lookup = loop.create_task(
+                self._lookup(entry, None, owned=False), name="bybit_cancel.reconcile-lookup"
+            )
             try:
-                # Bounded: the entry's own caller keeps its own deadline and fallback.
-                async with _FirmTimeout(self._http_timeout * 2):
-                    await self._lookup(entry, None, owned=False)
-            except (BybitError, TimeoutError) as exc:
-                log.debug("reconcile lookup failed: %s", exc)
+                await asyncio.wait((lookup,), timeout=self._http_timeout * 2)
+            finally:
+                await _end_all([lookup])
+            if lookup.cancelled():
+                log.debug("reconcile lookup failed: no answer in %.1fs", self._http_timeout * 2)
+                continue
+            error = lookup.exception()
+            if isinstance(error, BybitError):
+                log.debug("reconcile lookup failed: %s", error)
+            elif error is not None:
+                raise error  # a bug
 
 
-class _FirmTimeout:
-    """``asyncio.timeout(delay)``, for a block whose cancels the HTTP layer may take back: aiohttp
-    does when its own timeout fires in the same turn (see _interrupt_owner), and the request
-    that failed is then retried, unbounded. So once the timeout has fired, its cancel is sent
-    again every few ms while none is on its way, until the block ends (with ``TimeoutError``)."""
-
-    __slots__ = ("_base", "_check", "_task", "_timeout")
-
-    def __init__(self, delay: float) -> None:
-        self._timeout = asyncio.timeout(delay)
-        self._check: asyncio.TimerHandle | None = None
-
-    async def __aenter__(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._base = task.cancelling()  # (what asyncio.timeout measures against too)
-        await self._timeout.__aenter__()
-        when = self._timeout.when()
-        assert when is not None
-        self._check = asyncio.get_running_loop().call_at(when + _INTERRUPT_CHECK, self._resend)
-
-    def _resend(self) -> None:
-        task = self._task
-        if task.cancelling() <= self._base:
-            task.cancel()  # the timeout's cancel was taken back: asyncio.timeout turns this one
-        self._check = asyncio.get_running_loop().call_later(_INTERRUPT_CHECK, self._resend)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._check is not None:
-            self._check.cancel()
-            self._check = None
-        await self._timeout.__aexit__(exc_type, exc, tb)  # (never suppresses)
-
-
-async def _end_all(tasks: list[asyncio.Task[None]]) -> None:
+async def _end_all(tasks: list[asyncio.Task[Any]]) -> None:
     """Cancel ``tasks`` and wait until every one has ended. The HTTP layer may take a cancel back
     (aiohttp does when its own timeout fires in the same turn, see _interrupt_owner) and the task
     then retries the request that failed: a task with no cancel on its way is cancelled again,
