@@ -1080,6 +1080,15 @@ async def test_a_user_timeout_that_fired_first_is_not_lost(fx: FakeExchange) -> 
     assert after == [] and isinstance(task.exception(), TimeoutError), (after, task)
 
 
+def _taken_back() -> TimeoutError:
+    """What aiohttp 3.14 does with a cancel that reaches a request in the same turn as its own
+    timeout: it takes the cancel back (``uncancel()``) and fails the request as timed out."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.uncancel()
+    return TimeoutError()
+
+
 class _SwallowsOneCancel:
     """Stands in for the client's aiohttp session: POSTs never get an answer, and the first
     cancel that reaches one is taken back and turned into a TimeoutError. aiohttp 3.14 does
@@ -1104,10 +1113,7 @@ class _SwallowsOneCancel:
             if self.swallowed:
                 raise
             self.swallowed += 1
-            task = asyncio.current_task()
-            assert task is not None
-            task.uncancel()
-            raise TimeoutError from None
+            raise _taken_back() from None
 
     async def __aexit__(self, *_: object) -> None:
         return None
@@ -1185,10 +1191,7 @@ class _HeldLookup:
             if holder._swallow is not None and holder.swallowed >= holder._swallow:
                 raise
             holder.swallowed += 1
-            task = asyncio.current_task()
-            assert task is not None
-            task.uncancel()
-            raise TimeoutError from None
+            raise _taken_back() from None
         raise aiohttp.ClientConnectionError("released")  # retried, then sent to the session
 
     async def __aexit__(self, *_: object) -> None:
