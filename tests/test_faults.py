@@ -1288,9 +1288,9 @@ async def test_a_superseded_reconcile_ends_though_its_lookup_swallowed_the_cance
 async def test_a_reconcile_lookup_ends_though_its_own_timeout_was_swallowed(
     fx: FakeExchange, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Each reconcile lookup is bounded (2 x http_timeout) by cancelling its worker; when the
-    HTTP layer took that cancel back, the lookup went on retrying for as long as REST kept
-    failing, and the reconcile with it. The bound's cancel is now sent again."""
+    """Each reconcile lookup is bounded (2 x http_timeout) by a cancel; when the HTTP layer took
+    that cancel back, the lookup went on retrying for as long as REST kept failing, and the
+    reconcile with it. The cancel is now sent again until the lookup has ended."""
     caplog.set_level(logging.DEBUG, logger="bybit_cancel")
     async with aiohttp.ClientSession() as session:
         holder = _HoldsLookups(session)
