@@ -1009,6 +1009,14 @@ async def _end_all(tasks: list[asyncio.Task[Any]]) -> None:
         for task in pending:
             if not task.cancelling():
                 task.cancel()
+    # A task may end with an error instead of its cancel (a closed client's ClientClosedError,
+    # when the HTTP layer took the cancel back), and a caller being cancelled reads no task's
+    # end: each error is retrieved here (the caller may read it again), not left to asyncio's
+    # "Task exception was never retrieved" when the task is collected.
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None and interrupted:
+            log.debug("%s ended with %r as it was cancelled", task.get_name(), error)
     if interrupted:
         raise asyncio.CancelledError
 

@@ -5,6 +5,7 @@ Every test compares the client's answer with the fake's own books."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import socket
@@ -1254,6 +1255,33 @@ async def test_aclose_ends_a_reconcile_lookup_that_swallowed_its_cancel(
             await asyncio.wait_for(closing, 5)
             call.cancel()
     assert client_tasks() == []
+
+
+async def test_aclose_leaves_no_reconcile_lookup_error_unretrieved(fx: FakeExchange) -> None:
+    """aclose() cancels a worker waiting on its lookup; the HTTP layer takes the lookup's cancel
+    back and a closed client retries nothing, so the lookup ends with ClientClosedError while
+    the worker is itself being cancelled. Nobody read that error: asyncio logged "Task
+    exception was never retrieved" once the task was collected."""
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        async with aiohttp.ClientSession() as session:
+            holder = _HoldsLookups(session, None)
+            client, call = await _reconciling(fx, holder, http_timeout=20)
+            try:
+                await asyncio.wait_for(client.aclose(), 5)
+                await asyncio.wait_for(asyncio.wait([call]), 5)
+                assert holder.swallowed >= 1
+            finally:
+                holder.released.set()
+                await asyncio.wait_for(client.aclose(), 5)
+                call.cancel()
+        gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert unretrieved == [], unretrieved
 
 
 async def test_a_superseded_reconcile_ends_though_its_lookup_swallowed_the_cancel(
