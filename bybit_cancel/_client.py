@@ -310,6 +310,9 @@ class BybitCancelClient:
         # entry -> its caller task's cancel count when the call began, where not 0 (rare: a
         # call made by a task already being cancelled; see _own and _after_interrupt).
         self._interrupt_bases: dict[Call, int] = {}
+        # caller task -> the call of its that an interrupt is on its way to (see
+        # _resend_lost_interrupt); each is dropped by the _check_interrupt that ends its chain.
+        self._interrupting: dict[object, Call] = {}
 
     def __repr__(self) -> str:
         return (
@@ -363,6 +366,7 @@ class BybitCancelClient:
             max_retries=self._max_retries,
             rng=self._rng,
         )
+        self._rest.retrying = self._resend_lost_interrupt
         self._stream = PrivateStream(
             self._ws_url,
             self._creds,
@@ -913,6 +917,7 @@ class BybitCancelClient:
             # cancel_order turns this cancellation (and only this one) into the outcome.
             entry.interrupted = True
             owner.cancel()
+            self._interrupting[owner] = entry
             # The HTTP layer may take it back: aiohttp does when its own timeout fires in the
             # same turn of the loop (each of its two nested `with timer:` blocks uncancels),
             # and the request then fails as timed out and is retried, with nothing left to end
@@ -926,6 +931,8 @@ class BybitCancelClient:
         the caller's task, from ``asyncio.current_task()``: a Task of any kind has
         ``cancelling()``.)"""
         if not entry.interrupted or entry.closed or owner.done():
+            if self._interrupting.get(owner) is entry:
+                del self._interrupting[owner]
             return  # it arrived (cancel_order has taken it back), or the call has ended
         loop = self._loop
         assert loop is not None
@@ -936,8 +943,24 @@ class BybitCancelClient:
         # cancel_order take the caller's own next cancel for ours. Interrupt again if the call
         # is still inside REST (retrying the request that failed instead).
         entry.interrupted = False
+        if self._interrupting.get(owner) is entry:
+            del self._interrupting[owner]
         if entry.owner is owner:
             self._interrupt_owner(entry)
+
+    def _resend_lost_interrupt(self) -> None:
+        """REST is about to retry a request that failed, in the caller's task. If an interrupt
+        of ours was on its way to that task and the HTTP layer took it back (aiohttp fails the
+        request as timed out instead), send it again now, in the same step: found lost only by
+        _check_interrupt a few ms later, a cancel the user made meanwhile would be taken for
+        ours and swallowed."""
+        task = asyncio.current_task()
+        entry = self._interrupting.get(task)
+        if entry is None or not entry.interrupted or entry.closed or entry.owner is not task:
+            return
+        assert task is not None
+        if task.cancelling() <= self._interrupt_bases.get(entry, 0):
+            task.cancel()  # (the backoff's sleep raises it; _check_interrupt sees it pending)
 
     async def _reconcile(self, entries: list[Call]) -> None:
         if not entries:

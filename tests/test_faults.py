@@ -1156,6 +1156,51 @@ async def test_an_interrupt_the_http_layer_swallowed_is_sent_again(
     assert client_tasks() == []
 
 
+class _ThenUserCancels(_SwallowsOneCancel):
+    """As _SwallowsOneCancel, and the user cancels the caller's task in the next turn of the
+    loop after the HTTP layer took the client's cancel back."""
+
+    async def __aenter__(self) -> None:
+        try:
+            await super().__aenter__()
+        except TimeoutError:
+            task = asyncio.current_task()
+            assert task is not None
+            asyncio.get_running_loop().call_soon(task.cancel)
+            raise
+
+
+async def test_a_user_cancel_after_the_http_layer_took_ours_back_stays_a_cancel(
+    fx: FakeExchange,
+) -> None:
+    """The deadline interrupts a call inside REST; the HTTP layer takes that cancel back and
+    the request is retried; the user then cancels the call's task (a shutdown, say) before the
+    interrupt was found lost. That cancel is the user's: the task must end cancelled. It used
+    to be taken for the deadline's and turned into a ConfirmationTimeout, the cancel
+    swallowed (and a CancelResult returned, had the push come)."""
+    order = fx.seed_order()
+    async with aiohttp.ClientSession() as session:
+        client = make_client(fx, session=session)
+        await client.open()
+        rest = client._rest
+        assert rest is not None
+        swallower = _ThenUserCancels(session)
+        rest._session = swallower  # type: ignore[assignment]
+        task = asyncio.create_task(
+            client.cancel_order(
+                category="linear", symbol="BTCUSDT", order_id=order.order_id, timeout=0.2
+            )
+        )
+        try:
+            await asyncio.wait_for(asyncio.wait([task]), 5)
+            assert swallower.swallowed == 1
+            assert task.cancelled(), task
+        finally:
+            task.cancel()
+            await client.aclose()
+    assert client_tasks() == []
+
+
 class _HoldsLookups:
     """Stands in for the client's aiohttp session: ``GET /v5/order/realtime`` (the reconcile's
     first lookup) never gets an answer, and a cancel that reaches one is taken back and turned
