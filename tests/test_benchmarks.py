@@ -108,6 +108,15 @@ def test_bytecodes_per_push() -> None:
     assert "_core.on_orders" in out and "_clients._read" in out, out
 
 
+def test_layers() -> None:
+    """Each layer's row, what it adds, and ours beyond typed+dict, with the memory of one state
+    (the documented breakdown's setting, item 39)."""
+    out = run_script("benchmarks/layers.py", "-n", "400", "--chunk", "50", "--recent-size", "1")
+    for name in ("typed+dict", "+tracker", "+wake-up", "+callback", "+router"):
+        assert f"\n{name} " in out, out
+    assert out.count("us per update beyond typed+dict") == 2, out
+
+
 def test_cold() -> None:
     out = run_script("benchmarks/cold.py", "-n", "3", "--evict-mb", "1")
     assert "RestSigner" in out and "hmac.new" in out and "input checks" in out, out
