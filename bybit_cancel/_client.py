@@ -979,7 +979,7 @@ class BybitCancelClient:
         try:
             await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
         finally:
-            queue.clear()  # a worker whose cancel became a TimeoutError takes no next entry
+            queue.clear()  # (no worker takes another entry while they are being ended)
             await _end_all(workers)
             errors = [w.exception() for w in workers if not w.cancelled()]  # (all retrieved)
         for error in errors:

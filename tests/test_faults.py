@@ -1120,6 +1120,19 @@ class _SwallowsOneCancel:
         return None
 
 
+async def _client_through(
+    fx: FakeExchange, stand_in: _SwallowsOneCancel | _HoldsLookups, **options: Any
+) -> BybitCancelClient:
+    """An open client whose REST requests go through ``stand_in`` (a stand-in for its session,
+    which hands on to the real one what it does not hold)."""
+    client = make_client(fx, session=stand_in._session, **options)
+    await client.open()
+    rest = client._rest
+    assert rest is not None
+    rest._session = stand_in  # type: ignore[assignment]
+    return client
+
+
 @pytest.mark.parametrize("close", [False, True])
 async def test_an_interrupt_the_http_layer_swallowed_is_sent_again(
     fx: FakeExchange, close: bool
@@ -1131,12 +1144,8 @@ async def test_an_interrupt_the_http_layer_swallowed_is_sent_again(
     swallowed too. Seen with aiohttp when `timeout` equals `http_timeout`."""
     order = fx.seed_order()
     async with aiohttp.ClientSession() as session:
-        client = make_client(fx, session=session)
-        await client.open()
-        rest = client._rest
-        assert rest is not None
         swallower = _SwallowsOneCancel(session)
-        rest._session = swallower  # type: ignore[assignment]
+        client = await _client_through(fx, swallower)
         try:
             task = asyncio.create_task(
                 client.cancel_order(
@@ -1180,12 +1189,8 @@ async def test_a_user_cancel_after_the_http_layer_took_ours_back_stays_a_cancel(
     swallowed (and a CancelResult returned, had the push come)."""
     order = fx.seed_order()
     async with aiohttp.ClientSession() as session:
-        client = make_client(fx, session=session)
-        await client.open()
-        rest = client._rest
-        assert rest is not None
         swallower = _ThenUserCancels(session)
-        rest._session = swallower  # type: ignore[assignment]
+        client = await _client_through(fx, swallower)
         task = asyncio.create_task(
             client.cancel_order(
                 category="linear", symbol="BTCUSDT", order_id=order.order_id, timeout=0.2
@@ -1256,11 +1261,9 @@ async def _reconciling(
     the stream drops and reconnects, and the reconcile's lookup is inside its GET."""
     order = fx.seed_order()
     fx.add_fault(Fault.DROP_PUSH, order_id=order.order_id)
-    client = make_client(fx, session=holder._session, push_grace=30.0, **options)
-    await client.open()
+    client = await _client_through(fx, holder, push_grace=30.0, **options)
     rest = client._rest
     assert rest is not None
-    rest._session = holder  # type: ignore[assignment]
     # Retried at once: a cancel sent again then finds the worker inside the GET, as it would
     # in an attempt that waits out http_timeout, not in the backoff's sleep (which keeps it).
     rest._rng = _NoJitter()
