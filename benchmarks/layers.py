@@ -25,8 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import sys
 import time
+from pathlib import Path
 from statistics import median
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._clients import FINAL
 from benchmarks._common import machine, non_negative_int, positive_int, run
