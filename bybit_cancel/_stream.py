@@ -151,7 +151,8 @@ class _RoutingConnection(ClientConnection):
     async def take(self) -> bytes:
         """``recv(decode=False)``, keeping :attr:`backlog`: every read of this connection goes
         through here."""
-        raw = await self.recv(decode=False)
+        # websockets < 15 types recv() as returning str | bytes whatever `decode` says.
+        raw: bytes = await self.recv(decode=False)  # type: ignore[assignment, unused-ignore]
         self.backlog -= 1
         return raw
 
@@ -557,7 +558,8 @@ class PrivateStream:
         """Decode one frame and act on it. The hot path: no logging above DEBUG, no allocation
         beyond the decode."""
         try:
-            msg = ws_decoder.decode(raw)
+            # msgspec < 0.19 types decode() as taking bytes | str; its decoder takes any buffer.
+            msg = ws_decoder.decode(raw)  # type: ignore[arg-type, unused-ignore]
         except (msgspec.DecodeError, RecursionError):  # (msgspec: nested past its limit)
             return self._route_odd(raw)
         data = msg.data
@@ -577,7 +579,7 @@ class PrivateStream:
         """A frame the fast decoder refused. An order push with one odd order must not lose the
         others: decode its orders one by one. Anything else is ignored (and logged)."""
         try:
-            obj = msgspec.json.decode(raw)
+            obj = msgspec.json.decode(raw)  # type: ignore[arg-type, unused-ignore]  # (as in _route)
         except (msgspec.DecodeError, RecursionError):
             log.warning("ignoring a frame that is not JSON, or nested too deeply to read")
             return None
