@@ -24,8 +24,12 @@ def run_script(*args: str) -> str:
         timeout=25,
         check=False,
     )
-    # Exit status 1 means "a target was missed", which a tiny N may well do.
+    # Exit status 1 means "a target was missed", which a tiny N may well do; but a crash exits 1 too,
+    # so status 1 must come with a FAIL line and no traceback.
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    if proc.returncode == 1:
+        assert any(ln.startswith("FAIL") for ln in proc.stdout.splitlines()), proc.stdout[-3000:]
     return proc.stdout
 
 
