@@ -457,6 +457,12 @@ class PrivateStream:
                 self._ws = None
                 await _close_ws(ws)
                 outage = _Outage(down_since)
+            if self.state is ConnectionState.CLOSED:
+                # close() cancelled this task and the cancel was taken back on its way: aiohttp
+                # does when its own timeout fires in the same turn (a clock resync's request then
+                # fails as timed out, a failed attempt to this loop). Reconnecting on would keep
+                # close() waiting for ever.
+                return
             self.state = ConnectionState.RECONNECTING
             attempt += 1
             # Full jitter; the first retry comes quickly, later ones spread out (Bybit: "Do not

@@ -1121,7 +1121,9 @@ class _SwallowsOneCancel:
 
 
 async def _client_through(
-    fx: FakeExchange, stand_in: _SwallowsOneCancel | _HoldsLookups, **options: Any
+    fx: FakeExchange,
+    stand_in: _SwallowsOneCancel | _HoldsLookups | _HoldsServerTime,
+    **options: Any,
 ) -> BybitCancelClient:
     """An open client whose REST requests go through ``stand_in`` (a stand-in for its session,
     which hands on to the real one what it does not hold)."""
@@ -1383,4 +1385,65 @@ async def test_a_reconcile_lookup_ends_though_its_own_timeout_was_swallowed(
             holder.released.set()
             await asyncio.wait_for(client.aclose(), 5)
             call.cancel()
+    assert client_tasks() == []
+
+
+class _HoldsServerTime:
+    """Stands in for the client's aiohttp session: ``GET /v5/market/time`` (the clock resync
+    the stream runs after a refused auth) never gets an answer, and the first cancel that
+    reaches it is taken back and turned into a TimeoutError, as aiohttp 3.14 does when its own
+    timeout fires in the same turn (see _SwallowsOneCancel). Everything else goes to the
+    session."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        self.swallowed = 0
+        self.entered = asyncio.Event()
+
+    def get(self, url: Any, *args: Any, **kwargs: Any) -> Any:
+        if "/v5/market/time" not in str(url):
+            return self._session.get(url, *args, **kwargs)
+        return self
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session.post(*args, **kwargs)
+
+    async def __aenter__(self) -> None:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+            raise _taken_back() from None
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+
+async def test_aclose_ends_a_stream_whose_clock_resync_swallowed_the_cancel(
+    fx: FakeExchange,
+) -> None:
+    """A reconnect's auth is refused and the stream resyncs the clock over REST; aclose()
+    cancels the stream task there, and when the HTTP layer took that cancel back (the resync
+    failing as timed out instead), the stream took it for a failed attempt and reconnected
+    again: aclose() waited for it for ever, and the state read "reconnecting" after the
+    close. The stream now stops once it is closed."""
+    async with aiohttp.ClientSession() as session:
+        holder = _HoldsServerTime(session)
+        client = await _client_through(fx, holder, reconnect_backoff=(0.02, 0.2))
+        try:
+            fx.refuse_auth = True
+            await fx.disconnect_all()
+            await asyncio.wait_for(holder.entered.wait(), 5)
+            closing = asyncio.create_task(client.aclose())
+            done, _ = await asyncio.wait([closing], timeout=5)
+            assert closing in done, "aclose() is still waiting for the stream task"
+            assert holder.swallowed == 1
+            assert client.connection_state is ConnectionState.CLOSED
+        finally:
+            fx.refuse_auth = False
+            closing.cancel()
+            await asyncio.wait_for(client.aclose(), 5)
     assert client_tasks() == []
