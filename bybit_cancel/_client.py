@@ -652,6 +652,7 @@ class BybitCancelClient:
                 return await _keeping_mark(exc, self._resolve_not_found(entry, exc, order_filter))
             if code == PROCESSING_RET_CODE:
                 # "Cancel order request processing" (§6: wait for WS): an ack in all but name.
+                entry.acknowledged = True
                 return self._outcome(entry) or await self._confirm(entry, order_filter)
         outcome = self._outcome(entry)  # closed or timed out meanwhile: raise that instead
         if outcome is not None:
@@ -728,6 +729,10 @@ class BybitCancelClient:
                 if outcome is not None:
                     return outcome  # the answer came anyway (a push during the lookup)
                 if not (isinstance(exc, BybitError) and _transient(exc)):
+                    if entry.acknowledged and isinstance(exc, BybitError):
+                        # Bybit accepted the cancel: it has most likely been applied, whatever
+                        # the lookup's own error (an IP ban, say) says.
+                        exc.may_have_landed = True
                     raise
                 log.debug("order lookup failed, will ask again: %s", exc)
             outcome = self._outcome(entry)

@@ -442,6 +442,31 @@ async def test_an_error_met_while_confirming_keeps_the_mark(
     assert info.value.status == 403 and info.value.may_have_landed
 
 
+@pytest.mark.parametrize("answer", ["ack", "170212"])
+async def test_an_error_met_while_confirming_an_accepted_cancel_says_it_may_have_landed(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """Bybit accepted the cancel (an ack, or 170212 "processing"), its push is lost and the
+    lookups get 403 (an IP ban): the error raised must say the cancel may have landed. It said
+    False, so a caller took an order Bybit had cancelled for one still open."""
+    o = fx.seed_order()
+    if answer == "ack":
+        fx.add_fault(Fault.DROP_PUSH)
+    else:
+        fx.add_fault(Fault.PROCESSING_170212)
+
+    async def banned(self: RestClient, **_: object) -> None:
+        raise HTTPStatusError(403, "access too frequent")
+
+    monkeypatch.setattr(RestClient, "find_order", banned)
+    async with fast_client(fx) as client:
+        fx.stall()  # (no push: the 170212 cancel is pushed otherwise)
+        with pytest.raises(HTTPStatusError) as info:
+            await cancel(client, o.order_id)
+    assert info.value.status == 403 and info.value.may_have_landed
+    assert fx.order(o.order_id).status == "Cancelled"
+
+
 async def test_a_failed_clock_resync_is_transient(
     fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
 ) -> None:
