@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import enum
+import inspect
 import logging
 import random
 import re
@@ -167,9 +168,13 @@ def _check_options(
         raise ValueError(
             f"timeout must be a positive number of seconds, at most 1e9, got {timeout!r}"
         )
-    if on_ack is not None and not callable(on_ack):
+    if on_ack is not None and (not callable(on_ack) or inspect.iscoroutinefunction(on_ack)):
         # Refused here: called only once Bybit has acknowledged, it would fail the call after
-        # the cancel was sent.
+        # the cancel was sent; an async one would be called and its coroutine never run.
+        if callable(on_ack):
+            raise ValueError(
+                "on_ack is called synchronously: pass a plain function, not an async one"
+            )
         raise ValueError(f"on_ack must be a callable or None, got {type(on_ack).__name__}")
 
 

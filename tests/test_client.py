@@ -354,6 +354,32 @@ async def test_an_on_ack_that_cannot_be_called_is_refused_before_the_cancel(
     assert len(fx.requests) == before and fx.order(o.order_id).status == "New"
 
 
+async def test_an_async_on_ack_is_refused_before_the_cancel(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """on_ack is called synchronously: an `async def` one was called, its coroutine dropped
+    unawaited (a RuntimeWarning at best), and the caller's code never ran, though the order was
+    cancelled. It is refused before anything is sent."""
+    o = fx.seed_order()
+    ran: list[str] = []
+
+    async def on_ack(order_id: str, order_link_id: str) -> None:
+        ran.append(order_id)
+
+    before = len(fx.requests)
+    with pytest.raises(ValueError, match="on_ack"):
+        await asyncio.wait_for(
+            client.cancel_order(
+                category="linear",
+                symbol="BTCUSDT",
+                order_id=o.order_id,
+                on_ack=on_ack,  # type: ignore[arg-type]
+            ),
+            5,
+        )
+    assert len(fx.requests) == before and fx.order(o.order_id).status == "New"
+
+
 @pytest.mark.parametrize("kwargs", BAD_INPUTS[:3])
 async def test_bad_input_one_shot_sends_nothing(
     fx: FakeExchange, kwargs: dict[str, object]
