@@ -357,7 +357,7 @@ class RestClient:
             if self._slots:
                 self._release_slot()
         if status != 200:
-            raise HTTPStatusError(status, _snippet(body))
+            raise HTTPStatusError(status, self._snippet(body))
         try:
             env = envelope_decoder.decode(body)
             if env.ret_code != 0:
@@ -367,9 +367,11 @@ class RestClient:
         except (msgspec.DecodeError, ValueError, RecursionError):  # (ValidationError is a
             # DecodeError; msgspec raises RecursionError past its nesting limit.)
             # Only BybitError leaves here: the stream's re-auth and the 10002 retry catch that.
-            raise HTTPStatusError(status, "undecodable server time: " + _snippet(body)) from None
+            raise HTTPStatusError(
+                status, "undecodable server time: " + self._snippet(body)
+            ) from None
         if server_ms <= 0:
-            raise HTTPStatusError(status, "no server time in: " + _snippet(body))
+            raise HTTPStatusError(status, "no server time in: " + self._snippet(body))
         return server_ms, arrived
 
     async def resync_clock(self) -> None:
@@ -483,7 +485,7 @@ class RestClient:
                         failures += 1
                         landed = True
                         if self._max_retries is not None and failures > self._max_retries:
-                            raise HTTPStatusError(status, _snippet(body))
+                            raise HTTPStatusError(status, self._snippet(body))
                         await self._backoff(failures, f"{method} {path}: HTTP {status}")
                         continue
                     if status == 429:
@@ -498,14 +500,16 @@ class RestClient:
                         raise HTTPStatusError(
                             403,
                             "forbidden: IP rate limit breached or region blocked (§7); "
-                            "stop and wait at least 10 minutes: " + _snippet(body),
+                            "stop and wait at least 10 minutes: " + self._snippet(body),
                         )
-                    raise HTTPStatusError(status, _snippet(body))
+                    raise HTTPStatusError(status, self._snippet(body))
                 try:
                     env = decoder.decode(body)
                 except (msgspec.DecodeError, RecursionError):  # (RecursionError: deep nesting)
                     landed = True  # Bybit answered: it may have acted on the request
-                    raise HTTPStatusError(status, "undecodable body: " + _snippet(body)) from None
+                    raise HTTPStatusError(
+                        status, "undecodable body: " + self._snippet(body)
+                    ) from None
                 code = env.ret_code
                 if code == 0:
                     return env
@@ -543,6 +547,13 @@ class RestClient:
             if landed:
                 err.may_have_landed = True
             raise
+
+    def _snippet(self, body: bytes) -> str:
+        """The start of an answer, for an error: the API key scrubbed, should a server (a proxy,
+        a gateway's error page) echo the request's headers."""
+        # (Scrubbed before it is cut, so that a key across the cut is not left half shown.)
+        text = body[: 200 + len(self._api_key)].decode("utf-8", "replace")
+        return scrub_key(text, self._api_key)[:200]
 
     def _api_error(self, ret_code: int, ret_msg: str) -> BybitAPIError:
         # A 10004 retMsg echoes the API key (scrub_key); the error shows it as the repr does.
@@ -600,7 +611,3 @@ def _describe(exc: BaseException) -> str:
         return f"{type(exc).__name__} ({exc.os_error.strerror or exc.os_error})"
     text = str(exc) if isinstance(exc, OSError | TimeoutError) else ""
     return f"{type(exc).__name__} ({text})" if text else type(exc).__name__
-
-
-def _snippet(body: bytes) -> str:
-    return body[:200].decode("utf-8", "replace")

@@ -31,6 +31,10 @@ def resolve_urls(
         # (Not a str: bytes or a number failed below with a TypeError or AttributeError.)
         if not isinstance(url, str):
             raise ValueError(f"{name} must be a str or None, got {url!r}")
+        if "@" in url.partition("://")[2].partition("/")[0]:
+            # A user and password in the URL: Bybit uses none, and they would show wherever the
+            # URL does (the client's repr, logs, these errors). Not echoed here either.
+            raise ValueError(f"{name} must not carry a user or password")
     if not rest.startswith(("http://", "https://")):
         raise ValueError(f"rest_url must start with http:// or https://, got {rest!r}")
     if not ws.startswith(("ws://", "wss://")):

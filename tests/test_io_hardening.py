@@ -24,6 +24,7 @@ from bybit_cancel import (
     _stream,
 )
 from bybit_cancel._stream import PrivateStream
+from bybit_cancel._urls import resolve_urls
 from bybit_cancel.testing import FakeExchange
 
 from .conftest import KEY, SECRET, client_tasks, make_client
@@ -520,3 +521,35 @@ async def test_no_auth_signature_behind_a_send_that_fails() -> None:
     finally:
         await stream.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("before", [0, 190])
+async def test_an_error_page_echoing_the_api_key_does_not_show_it(before: int) -> None:
+    """A gateway or proxy error page may echo the request's headers: the HTTPStatusError built
+    from its start shows the key as the client's repr does, also when the key straddles where
+    the snippet is cut (190: it runs past character 200)."""
+
+    async def echo(request: web.Request) -> web.Response:
+        text = "x" * before + request.headers["X-BAPI-API-KEY"] + " was refused"
+        return web.Response(status=400, text=text)
+
+    runner, host = await serve(echo)
+    try:
+        async with aiohttp.ClientSession() as session, asyncio.timeout(5):
+            rest = make_rest(session, f"http://{host}", key=KEY, secret=SECRET)
+            with pytest.raises(HTTPStatusError) as info:
+                await rest.cancel({"category": "linear", "symbol": "BTCUSDT", "orderId": "o1"})
+    finally:
+        await runner.cleanup()
+    shown = str(info.value) + repr(info.value)
+    assert info.value.status == 400
+    assert KEY not in shown and KEY[:8] not in shown, shown
+    assert "x" * min(before, 10) in shown  # the page itself is still shown
+
+
+@pytest.mark.parametrize("which", ["rest_url", "ws_url"])
+def test_a_url_with_a_user_and_password_is_refused_without_showing_them(which: str) -> None:
+    url = "http://me:hunter2@127.0.0.1:8080" if which == "rest_url" else "ws://me:hunter2@h/ws"
+    with pytest.raises(ValueError, match=f"{which} must not carry a user or password") as info:
+        resolve_urls(testnet=False, demo=False, **{"rest_url": None, "ws_url": None, which: url})
+    assert "hunter2" not in str(info.value)
