@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import inspect
 import logging
 import random
@@ -443,68 +444,105 @@ class PrivateStream:
         loop = asyncio.get_running_loop()
         attempt = 0
         hold_until = 0.0  # (an IP ban's hold: no attempt before then)
-        outage = _Outage(loop.time())  # (replaced when a connection is lost)
-        while True:
-            ws = self._ws
-            if ws is not None:
-                up_since = loop.time()
-                await self._serve(ws)
-                down_since = loop.time()
-                # Only a connection that stayed up resets the backoff: one dropped right after
-                # its handshake meets the growing backoff (§3 Connection limits).
-                if down_since - up_since >= self._ping_interval:
-                    attempt = 0
-                self._ws = None
-                await _close_ws(ws)
-                outage = _Outage(down_since)
-            if self.state is ConnectionState.CLOSED:
-                # close() cancelled this task and the cancel was taken back on its way: aiohttp
-                # does when its own timeout fires in the same turn (a clock resync's request then
-                # fails as timed out, a failed attempt to this loop). Reconnecting on would keep
-                # close() waiting for ever.
-                return
-            self.state = ConnectionState.RECONNECTING
-            attempt += 1
-            # Full jitter; the first retry comes quickly, later ones spread out (Bybit: "Do not
-            # frequently connect and disconnect", §3 Connection limits). The exponent is bounded,
-            # or it overflows a float after ~1025 failures in a row (hours of outage).
-            cap = min(self._backoff_cap, self._backoff_base * 2 ** min(attempt - 1, 60))
-            await asyncio.sleep(max(self._rng.uniform(cap / 2, cap), hold_until - loop.time()))
-            try:
-                self._ws = await self._connect()
-            except AuthenticationError as exc:
-                log.error("private stream: %s; giving up", exc)
-                self.state = ConnectionState.FAILED
-                self._on_failed(exc)
-                return
-            except (TransportError, BybitAPIError) as exc:
-                # Anything short of a refused auth is retried: no connection, a timeout, an HTTP
-                # refusal of the upgrade (401, 5xx alike; a 403, an IP ban, after _IP_BAN_HOLD)
-                # or a redirect. A redirect is never followed, and retrying the URL sends nothing
-                # but an upgrade request; meanwhile every cancel confirms over REST after
-                # push_grace, and the stream comes back if the redirect stops. Giving up would
-                # fail every pending and later call, REST ones included, which a redirect of the
-                # stream does not stop; only a refused auth (REST signs with the same key) proves
-                # the client cannot work.
-                now = loop.time()
-                banned = _ip_banned(exc)
-                if banned:
-                    hold_until = now + _IP_BAN_HOLD
-                outage.failed(now, attempt, self._scrub(str(exc)), banned=banned)
-                continue
-            self.reconnects += 1
-            self.state = ConnectionState.CONNECTED
-            log.info(
-                "private stream reconnected and subscribed to order (conn_id %s) after %s down "
-                "and %s",
-                self.conn_id,
-                _duration(loop.time() - outage.since),
-                _attempts(outage.attempts + 1),
-            )
-            self._on_reconnected()
+        # None until open()'s connection is lost: it belongs to no outage.
+        outage: _Outage | None = None
+        # A connection is stable once it has stayed up one ping interval; lost before that, it
+        # ended no outage: a gateway that drops every connection right after the subscribe (a
+        # flapping connection) makes one outage, logged as one. Time, not a first frame: a
+        # gateway may answer the subscribe, even a ping, and drop the connection right after.
+        # By one interval the first ping has gone out, and it is when the backoff starts over,
+        # so "stayed up" means one thing for both.
+        stable_for = self._ping_interval
+        up_since = loop.time()
+        # The INFO that ends an outage whose connections were lost soon after they came up,
+        # logged once the last one has proven stable (by its timer, or at its loss if that comes
+        # first), dropped if it is lost before.
+        settled: list[Callable[[], None]] = []
+        timer: asyncio.TimerHandle | None = None
 
-    async def _serve(self, ws: _RoutingConnection) -> None:
-        """Route frames until the connection dies (closed, reset or silent)."""
+        def settle() -> None:
+            if settled:
+                settled.pop()()
+
+        try:
+            while True:
+                ws = self._ws
+                if ws is not None:
+                    closed = await self._serve(ws)
+                    down_since = loop.time()
+                    up_for = down_since - up_since
+                    stable = up_for >= stable_for
+                    if timer is not None:
+                        timer.cancel()
+                        timer = None
+                        if stable:
+                            settle()  # (lost just as its timer fell due)
+                        settled.clear()
+                    # Only a connection that stayed up resets the backoff: one dropped right after
+                    # its handshake meets the growing backoff (§3 Connection limits).
+                    if stable:
+                        attempt = 0
+                    self._ws = None
+                    await _close_ws(ws)
+                    if outage is None or stable:
+                        # (Scrubbed: the close reason is the peer's text, on a connection that
+                        # sent the key.)
+                        log.warning("private stream closed: %s", closed)
+                        outage = _Outage(down_since)
+                    else:
+                        outage.lost(down_since, attempt, up_for, closed)
+                if outage is None:  # (a stream task started without a connection)
+                    outage = _Outage(loop.time())
+                if self.state is ConnectionState.CLOSED:
+                    # close() cancelled this task and the cancel was taken back on its way:
+                    # aiohttp does when its own timeout fires in the same turn (a clock resync's
+                    # request then fails as timed out, a failed attempt to this loop).
+                    # Reconnecting on would keep close() waiting for ever.
+                    return
+                self.state = ConnectionState.RECONNECTING
+                attempt += 1
+                # Full jitter; the first retry comes quickly, later ones spread out (Bybit: "Do
+                # not frequently connect and disconnect", §3 Connection limits). The exponent is
+                # bounded, or it overflows a float after ~1025 failures in a row (hours of outage).
+                cap = min(self._backoff_cap, self._backoff_base * 2 ** min(attempt - 1, 60))
+                await asyncio.sleep(max(self._rng.uniform(cap / 2, cap), hold_until - loop.time()))
+                try:
+                    self._ws = await self._connect()
+                except AuthenticationError as exc:
+                    log.error("private stream: %s; giving up", exc)
+                    self.state = ConnectionState.FAILED
+                    self._on_failed(exc)
+                    return
+                except (TransportError, BybitAPIError) as exc:
+                    # Anything short of a refused auth is retried: no connection, a timeout, an
+                    # HTTP refusal of the upgrade (401, 5xx alike; a 403, an IP ban, after
+                    # _IP_BAN_HOLD) or a redirect. A redirect is never followed, and retrying the
+                    # URL sends nothing but an upgrade request; meanwhile every cancel confirms
+                    # over REST after push_grace, and the stream comes back if the redirect stops.
+                    # Giving up would fail every pending and later call, REST ones included, which
+                    # a redirect of the stream does not stop; only a refused auth (REST signs with
+                    # the same key) proves the client cannot work.
+                    now = loop.time()
+                    banned = _ip_banned(exc)
+                    if banned:
+                        hold_until = now + _IP_BAN_HOLD
+                    outage.failed(now, attempt, self._scrub(str(exc)), banned=banned)
+                    continue
+                self.reconnects += 1
+                self.state = ConnectionState.CONNECTED
+                up_since = loop.time()
+                back = outage.reconnected(up_since, attempt, self.conn_id, stable_for)
+                if back is not None:
+                    settled.append(back)
+                    timer = loop.call_at(up_since + stable_for, settle)
+                self._on_reconnected()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _serve(self, ws: _RoutingConnection) -> str:
+        """Route frames until the connection dies (closed, reset or silent); return how it
+        ended (the close, scrubbed), which the supervisor logs."""
         heartbeat = asyncio.get_running_loop().create_task(
             self._heartbeat(ws), name="bybit_cancel.heartbeat"
         )
@@ -524,7 +562,7 @@ class PrivateStream:
                 finally:
                     del error  # (not kept by this frame, which its traceback holds)
             # (Scrubbed: the close reason is the peer's text, on a connection that sent the key.)
-            log.warning("private stream closed: %s", self._scrub(str(exc)))
+            return self._scrub(str(exc))
         finally:
             ws.route = None
             heartbeat.cancel()
@@ -602,19 +640,23 @@ class PrivateStream:
 
 
 class _Outage:
-    """The log of one outage of the stream, from the loss of its connection to the reconnect
-    that ends it: :meth:`failed` logs each failed attempt (the caller passes the loop's time).
+    """The log of one outage of the stream, from the loss of a stable connection to the
+    reconnect that ends it: :meth:`failed` logs each failed attempt, :meth:`lost` each
+    connection lost soon after it came up, :meth:`reconnected` each reconnect (the caller
+    passes the loop's time).
 
     A failure that does not go away is logged in full once, as a WARNING, not once per attempt
     for ever: repeats are DEBUG, and at most every ``_STILL_FAILING_EVERY`` seconds a WARNING
     says it goes on, how many attempts failed since the last WARNING and how long the stream
     has been down. A different failure, and each IP ban (one per ``_IP_BAN_HOLD``), is a WARNING
-    at once.
+    at once. A connection lost before it proved stable (a gateway that drops every connection
+    right after the subscribe) is a failed attempt of the same outage, not an outage of its own.
     """
 
     def __init__(self, since: float) -> None:
         self.since = since
-        self.attempts = 0  # failed so far
+        self.attempts = 0  # failed so far (connections lost soon after they came up included)
+        self.lost_soon = 0  # connections lost soon after they came up
         self._failure = ""  # the last failure's message, timings masked (_TIMINGS)
         self._warned = since  # when the last WARNING was logged
         self._quiet = 0  # failures logged at DEBUG since that WARNING
@@ -659,6 +701,43 @@ class _Outage:
             return
         self._warned = now
         self._quiet = 0
+
+    def lost(self, now: float, attempt: int, up_for: float, closed: str) -> None:
+        """Log the loss of the connection that reconnect ``attempt`` made, ``up_for`` seconds
+        after it came up (too soon to have ended the outage); ``closed``: how it ended."""
+        self.lost_soon += 1
+        # (Its time is masked as the handshake's are: losses that differ only there are one.)
+        error = f"connection lost {up_for:.2f}s after it came up: {closed}"
+        self.failed(now, attempt, error, banned=False)
+
+    def reconnected(
+        self, now: float, attempt: int, conn_id: str, stable_for: float
+    ) -> Callable[[], None] | None:
+        """Log reconnect ``attempt``, which got through. Its INFO line says how long the stream
+        was down and how many attempts it took. After a connection of this outage was lost soon
+        after it came up, this one may go the same way: the line is DEBUG now, and the INFO is
+        returned, for the caller to log once the connection has stayed up ``stable_for``
+        seconds (and to drop if it is lost before)."""
+        message = (
+            "private stream reconnected and subscribed to order (conn_id %s) after %s down and %s"
+        )
+        args: tuple[object, ...] = (
+            conn_id,
+            _duration(now - self.since),
+            _attempts(self.attempts + 1),
+        )
+        if not self.lost_soon:
+            log.info(message, *args)
+            return None
+        log.debug("%s; not yet stable (reconnect %d)", message % args, attempt)
+        lost = "1 connection" if self.lost_soon == 1 else f"{self.lost_soon} connections"
+        stable = (
+            message + " (%s lost within %s of coming up; this one has stayed up)",
+            *args,
+            lost,
+            _duration(stable_for),
+        )
+        return functools.partial(log.info, *stable)
 
 
 def _duration(seconds: float) -> str:

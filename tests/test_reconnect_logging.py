@@ -14,8 +14,9 @@ import pytest
 from aiohttp import web
 
 from bybit_cancel import _stream
+from bybit_cancel.testing import FakeExchange
 
-from .conftest import client_tasks
+from .conftest import client_tasks, make_client
 from .helpers import make_stream, serve, wait_until
 
 KEY18 = "AbCdEfGhIjKlMnOpQr"
@@ -217,6 +218,68 @@ async def test_an_outage_logs_its_failures_once_and_its_end(
         back[0].getMessage(),
     ), back[0].getMessage()
     assert KEY18 not in caplog.text
+    assert client_tasks() == []
+
+
+def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if text in r.getMessage()]
+
+
+async def test_a_flapping_connection_is_one_outage(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway that drops every connection right after the subscribe reply: each drop was a
+    "private stream closed" WARNING and each reconnect an INFO, for as long as it lasted. A
+    connection lost before it stayed up one ping interval is a failed attempt of the same
+    outage: one WARNING, then DEBUG (with the "still failing" WARNING), and one INFO once a
+    connection stays up, with the whole outage's length and attempts. A connection that
+    stayed up and is then lost is a WARNING at once, as before."""
+    lost = re.compile(r"private stream reconnect (\d+) failed: connection lost \d+\.\d+s after")
+    with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+        async with (
+            asyncio.timeout(20),
+            make_client(fx, ping_interval=1.0, reconnect_backoff=(0.001, 0.002)) as client,
+        ):
+            fx.drop_after_subscribe = True
+            await fx.disconnect_all()
+            await wait_until(lambda: client.reconnect_count >= 4)
+            monkeypatch.setattr(_stream, "_STILL_FAILING_EVERY", 0.0)
+            await wait_until(lambda: bool(messages(caplog, "still failing")))
+            monkeypatch.setattr(_stream, "_STILL_FAILING_EVERY", 300.0)
+            flapped = client.reconnect_count
+            await wait_until(lambda: client.reconnect_count >= flapped + 3)
+            fx.drop_after_subscribe = False
+            await wait_until(lambda: bool(messages(caplog, "has stayed up")), timeout=10)
+            losses = [r for r in caplog.records if lost.match(r.getMessage())]
+            closed = messages(caplog, "private stream closed")
+            back = [r for r in messages(caplog, "reconnected") if r.levelname == "INFO"]
+            # The connection that stayed up is lost: a WARNING at once, and a new outage.
+            await fx.disconnect_all()
+            await wait_until(lambda: len(messages(caplog, "private stream closed")) == 2)
+            reconnects = client.reconnect_count
+            await wait_until(lambda: client.reconnect_count == reconnects + 1)
+            again = [r for r in messages(caplog, "reconnected") if r.levelname == "INFO"]
+    assert [r.levelname for r in closed] == ["WARNING"]
+    assert len(losses) >= 6
+    assert losses[0].levelname == "WARNING"
+    assert "since the last warning" not in losses[0].getMessage()
+    for r in losses[1:]:
+        still = "still failing" in r.getMessage()
+        assert r.levelname == ("WARNING" if still else "DEBUG"), r.getMessage()
+    assert any("still failing" in r.getMessage() for r in losses)
+    # Attempts are numbered on (the backoff did not start over): no connection stayed up.
+    numbers = [int(lost.match(r.getMessage())[1]) for r in losses]  # type: ignore[index]
+    assert numbers == list(range(1, len(numbers) + 1))
+    # The first reconnect's INFO, then the one that ends the outage.
+    assert len(back) == 2, [r.getMessage() for r in back]
+    assert re.search(r"after \d+\.\d s down and 1 attempt$", back[0].getMessage())
+    assert re.fullmatch(
+        r"private stream reconnected and subscribed to order \(conn_id \S+\) after "
+        rf"\d+\.\d s down and {len(losses) + 1} attempts \({len(losses)} connections lost "
+        r"within 1\.0 s of coming up; this one has stayed up\)",
+        back[1].getMessage(),
+    ), back[1].getMessage()
+    assert len(again) == 3 and again[2].getMessage().endswith(" down and 1 attempt")
     assert client_tasks() == []
 
 

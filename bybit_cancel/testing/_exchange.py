@@ -295,6 +295,12 @@ class FakeExchange:
     category's limit. Requests whose category is not one of Bybit's four (answered 10001) all
     count in one window per endpoint, under the endpoint's own limit.
 
+    Among its switches (attributes, read as each request or websocket message comes):
+    ``refuse_auth`` answers every websocket auth "Params Error"; ``clock_offset_ms`` moves the
+    server clock; ``drop_after_subscribe`` drops each websocket (a network drop, no close
+    frame) as soon as its subscribe reply is written, as a flapping gateway would: every
+    connection comes up and is lost at once.
+
     What it records for tests: ``requests`` (every HTTP request, as ``RecordedRequest``),
     ``ws_received`` (every JSON object received on a websocket) and ``fault_log`` (``(order id,
     Fault)`` for every fault that fired), oldest first; ``pushes_sent`` and ``auth_count``.
@@ -394,6 +400,10 @@ class FakeExchange:
         self.idle_timeout = idle_timeout
         self.clock_offset_ms: int = 0
         self.refuse_auth: bool = False
+        # A flapping gateway: while true, each websocket is dropped (a network drop, no close
+        # frame) as soon as its subscribe reply is written, so every connection comes up and is
+        # lost at once. Connections open when it is set are left alone.
+        self.drop_after_subscribe: bool = False
         # The answer to a cancel of an order that has already ended. None: the not-found answer
         # (110001/170213), as observed; protocol §6 also lists 110008 "The order has been
         # completed or cancelled.", 110010, 170139 "Order has been filled.", 170142 and 170190.
@@ -2034,4 +2044,10 @@ class FakeExchange:
             if t == "order" or (t.startswith("order.") and t[6:] in CATEGORIES)
         )
         # ws-private/subscribe.success.json: the ack does not echo the topics.
-        self._send_ctl(conn, self._ack(conn, op, True, "", req_id))
+        ack = self._ack(conn, op, True, "", req_id)
+        if op == "subscribe" and self.drop_after_subscribe and self._loop is not None:
+            written: asyncio.Future[None] = self._loop.create_future()
+            written.add_done_callback(lambda _: self._drop_conn(conn, abort=True))
+            conn.queue.put_nowait((_KIND_CTL, _dumps(ack), written))
+            return
+        self._send_ctl(conn, ack)
