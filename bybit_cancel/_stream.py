@@ -301,15 +301,19 @@ class PrivateStream:
 
     # -- connection ----------------------------------------------------------------------------
 
-    async def _connect(self) -> _RoutingConnection:
+    async def _connect(self, outage: _Outage | None = None) -> _RoutingConnection:
+        """Connect, authenticate and subscribe; on a reconnect, ``outage`` is the outage it is
+        an attempt to end (its log)."""
         try:
             return await self._connect_once()
         except AuthenticationError:
             if self._resync_clock is None:
                 raise
         # "Params Error" is also what an auth with an expired `expires` gets (§3): a local clock
-        # behind Bybit's by more than the margin. Measure the offset and try once more.
-        log.info("websocket auth refused; resyncing the clock and retrying once")
+        # behind Bybit's by more than the margin. Measure the offset and try once more. (Said
+        # once per outage: while the resync keeps failing, every attempt comes here.)
+        level = logging.INFO if outage is None else outage.resync_level()
+        log.log(level, "websocket auth refused; resyncing the clock and retrying once")
         try:
             await self._resync_clock()
         except BybitError as exc:
@@ -507,7 +511,7 @@ class PrivateStream:
                 cap = min(self._backoff_cap, self._backoff_base * 2 ** min(attempt - 1, 60))
                 await asyncio.sleep(max(self._rng.uniform(cap / 2, cap), hold_until - loop.time()))
                 try:
-                    self._ws = await self._connect()
+                    self._ws = await self._connect(outage)
                 except AuthenticationError as exc:
                     log.error("private stream: %s; giving up", exc)
                     self.state = ConnectionState.FAILED
@@ -657,6 +661,7 @@ class _Outage:
         self.since = since
         self.attempts = 0  # failed so far (connections lost soon after they came up included)
         self.lost_soon = 0  # connections lost soon after they came up
+        self._resynced = False  # a refused auth has made an attempt resync the clock
         self._failure = ""  # the last failure's message, timings masked (_TIMINGS)
         self._warned = since  # when the last WARNING was logged
         self._quiet = 0  # failures logged at DEBUG since that WARNING
@@ -701,6 +706,14 @@ class _Outage:
             return
         self._warned = now
         self._quiet = 0
+
+    def resync_level(self) -> int:
+        """The level of the line saying that an attempt's auth was refused and the clock is
+        measured again: INFO the first time in this outage, DEBUG after. (While the measure
+        fails, each attempt fails that way too, and :meth:`failed` throttles that failure.)"""
+        level = logging.DEBUG if self._resynced else logging.INFO
+        self._resynced = True
+        return level
 
     def lost(self, now: float, attempt: int, up_for: float, closed: str) -> None:
         """Log the loss of the connection that reconnect ``attempt`` made, ``up_for`` seconds

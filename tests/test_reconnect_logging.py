@@ -283,6 +283,34 @@ async def test_a_flapping_connection_is_one_outage(
     assert client_tasks() == []
 
 
+async def test_a_refused_auth_whose_resync_keeps_failing_is_said_once(
+    fx: FakeExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every reconnect's auth is refused and /v5/market/time is down, so the clock resync that
+    follows fails each time: the "resyncing the clock" INFO came on every attempt. It is an
+    INFO once in the outage, then DEBUG, as the failure it leads to is a WARNING, then DEBUG;
+    the stream keeps trying, and comes back once the resync works."""
+    with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+        async with (
+            asyncio.timeout(20),
+            make_client(fx, reconnect_backoff=(0.001, 0.002)) as client,
+        ):
+            fx.refuse_auth = True
+            fx.market_time_status = 502
+            await fx.disconnect_all()
+            await wait_until(lambda: len(messages(caplog, "clock resync failed")) >= 5)
+            fx.refuse_auth = False
+            fx.market_time_status = None
+            await wait_until(lambda: client.reconnect_count == 1)
+    resyncing = messages(caplog, "resyncing the clock")
+    assert len(resyncing) >= 5
+    assert [r.levelname for r in resyncing] == ["INFO"] + ["DEBUG"] * (len(resyncing) - 1)
+    failed = messages(caplog, "clock resync failed")
+    assert [r.levelname for r in failed] == ["WARNING"] + ["DEBUG"] * (len(failed) - 1)
+    assert "HTTP 502" in failed[0].getMessage(), failed[0].getMessage()
+    assert client_tasks() == []
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [

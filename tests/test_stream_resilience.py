@@ -82,7 +82,7 @@ async def test_backoff_survives_thousands_of_failed_reconnects(
     target = 1500
     attempts = 0
 
-    async def exchange_down() -> object:
+    async def exchange_down(*_: object) -> object:  # (stands in for _connect(outage))
         nonlocal attempts
         attempts += 1
         if attempts == target:

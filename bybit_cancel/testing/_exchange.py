@@ -299,7 +299,9 @@ class FakeExchange:
     ``refuse_auth`` answers every websocket auth "Params Error"; ``clock_offset_ms`` moves the
     server clock; ``drop_after_subscribe`` drops each websocket (a network drop, no close
     frame) as soon as its subscribe reply is written, as a flapping gateway would: every
-    connection comes up and is lost at once.
+    connection comes up and is lost at once; ``market_time_status`` (an HTTP status, or
+    ``None``) makes ``GET /v5/market/time`` answer that status instead of the time, so that a
+    clock resync fails.
 
     What it records for tests: ``requests`` (every HTTP request, as ``RecordedRequest``),
     ``ws_received`` (every JSON object received on a websocket) and ``fault_log`` (``(order id,
@@ -400,6 +402,9 @@ class FakeExchange:
         self.idle_timeout = idle_timeout
         self.clock_offset_ms: int = 0
         self.refuse_auth: bool = False
+        # While set, GET /v5/market/time answers this HTTP status (502, say: the public
+        # endpoint down) instead of the time, so that a clock resync fails.
+        self.market_time_status: int | None = None
         # A flapping gateway: while true, each websocket is dropped (a network drop, no close
         # frame) as soon as its subscribe reply is written, so every connection comes up and is
         # lost at once. Connections open when it is set are left alone.
@@ -1269,6 +1274,8 @@ class FakeExchange:
     # ------------------------------------------------------------------ REST handlers
 
     async def _h_market_time(self, request: web.Request) -> web.Response:
+        if self.market_time_status is not None:
+            return web.Response(status=self.market_time_status, text="market time unavailable")
         ns = time.time_ns() + self.clock_offset_ms * 1_000_000
         result = {"timeSecond": str(ns // 1_000_000_000), "timeNano": str(ns)}
         body = _dumps(
