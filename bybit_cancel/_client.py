@@ -958,19 +958,22 @@ class BybitCancelClient:
         if entry.owner is owner:
             self._interrupt_owner(entry)
 
-    def _resend_lost_interrupt(self) -> None:
+    def _resend_lost_interrupt(self) -> bool:
         """REST is about to retry a request that failed, in the caller's task. If an interrupt
         of ours was on its way to that task and the HTTP layer took it back (aiohttp fails the
         request as timed out instead), send it again now, in the same step: found lost only by
         _check_interrupt a few ms later, a cancel the user made meanwhile would be taken for
-        ours and swallowed."""
+        ours and swallowed. Returns whether it did (the call then ends at REST's next await,
+        with no retry)."""
         task = asyncio.current_task()
         entry = self._interrupting.get(task)
         if entry is None or not entry.interrupted or entry.closed or entry.owner is not task:
-            return
+            return False
         assert task is not None
         if task.cancelling() <= self._interrupt_bases.get(entry, 0):
-            task.cancel()  # (the backoff's sleep raises it; _check_interrupt sees it pending)
+            task.cancel()  # (REST's next await raises it; _check_interrupt sees it pending)
+            return True
+        return False
 
     async def _reconcile(self, entries: list[Call]) -> None:
         if not entries:

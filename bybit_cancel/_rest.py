@@ -277,8 +277,9 @@ class RestClient:
         # Set when the client closes: a request that fails then is not retried (see _backoff).
         self.closed = False
         # Called (in the task of the request that failed) before a failed request is retried:
-        # the client's look whether its own interrupt was taken back on the way (see _backoff).
-        self.retrying: Callable[[], None] | None = None
+        # the client's look whether its own interrupt was taken back on the way, true when it
+        # sent it again (see _backoff).
+        self.retrying: Callable[[], bool] | None = None
         self._resync_lock = asyncio.Lock()
         self._last_resync = -1e9
         # Sign only once a pooled connection is (about to be) free: aiohttp would otherwise queue
@@ -566,11 +567,13 @@ class RestClient:
             # fail the request instead: retrying it then would outlast the close, for as long
             # as requests kept failing. (Here, not on every request: only a failure pays.)
             raise ClientClosedError(f"{why}; not retried: the client is closed")
-        if self.retrying is not None:
+        if self.retrying is not None and self.retrying():
             # In the same step as the failure: when the HTTP layer turned an interrupt of the
             # client's into this failure, the client sends it again before anyone else's cancel
-            # can land, so that the two are not taken one for the other.
-            self.retrying()
+            # can land, so that the two are not taken one for the other. It lands at this
+            # await: the call ends here, and there is no retry to count or log.
+            await asyncio.sleep(0)
+            # (Not reached while that cancel is pending; if it somehow was not, a retry.)
         self.stats.retries += 1
         # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^n)].
         delay = self._rng.uniform(0, min(2.0, 0.05 * 2 ** (failures - 1)))

@@ -1192,6 +1192,36 @@ async def test_an_interrupt_the_http_layer_swallowed_is_sent_again(
     assert client_tasks() == []
 
 
+async def test_an_interrupt_sent_again_is_no_retry(
+    fx: FakeExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The deadline interrupts a call inside REST, the HTTP layer takes that cancel back and
+    fails the request, and REST's retry hook sends the interrupt again: the call ends there,
+    sending nothing more. REST still logged "retrying POST /v5/order/cancel ..." and counted a
+    retry (in rest_stats) for a request it never sent again."""
+    order = fx.seed_order()
+    async with aiohttp.ClientSession() as session:
+        swallower = _SwallowsOneCancel(session)
+        client = await _client_through(fx, swallower)
+        try:
+            with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+                async with asyncio.timeout(5):
+                    with pytest.raises(ConfirmationTimeout):
+                        await client.cancel_order(
+                            category="linear",
+                            symbol="BTCUSDT",
+                            order_id=order.order_id,
+                            timeout=0.3,
+                        )
+            assert swallower.swallowed == 1
+            assert client.rest_stats.retries == 0
+            retried = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+            assert retried == []
+        finally:
+            await client.aclose()
+    assert client_tasks() == []
+
+
 class _ThenUserCancels(_SwallowsOneCancel):
     """As _SwallowsOneCancel, and the user cancels the caller's task in the next turn of the
     loop after the HTTP layer took the client's cancel back."""
