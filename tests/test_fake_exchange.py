@@ -559,6 +559,34 @@ async def test_push_batch_and_categorised_topics(fx: FakeExchange) -> None:
         await w.close()
 
 
+async def test_option_orders_read_as_the_documented_option_push(
+    fx: FakeExchange, rest: Rest, ws: Any
+) -> None:
+    """protocol §4: the documented option push has tpslMode, tpLimitPrice and slLimitPrice ""
+    (not linear's "UNKNOWN" and "0") and placeType "price", no isLeverage and no createType."""
+    expected = fixture("ws-private/order.push.option-filled.json")["data"][0]
+    order = fx.seed_order(
+        category="option", symbol="ETH-30DEC22-1400-C", qty="1", price="72.5", order_link_id="o-1"
+    )
+    fx.fill(order.order_id)
+    [pushed] = (await next_push(ws))["data"]
+    keys = ("tpslMode", "tpLimitPrice", "slLimitPrice", "placeType", "leavesQty", "orderStatus")
+    assert {k: pushed[k] for k in keys} == {k: expected[k] for k in keys}
+    assert "isLeverage" not in pushed and "createType" not in pushed
+    for k in set(pushed) & set(expected):
+        assert type(pushed[k]) is type(expected[k]), k
+    [listed] = await rest.realtime("option", orderId=order.order_id)
+    assert (listed["placeType"], listed["tpslMode"]) == ("price", "")
+    linear = fx.seed_order()
+    fx.fill(linear.order_id)
+    [pushed] = (await next_push(ws))["data"]
+    assert (pushed["placeType"], pushed["tpslMode"], pushed["createType"]) == (
+        "",
+        "UNKNOWN",
+        "CreateByUser",
+    )
+
+
 async def test_restart_loses_realtime_history_keeps(fx: FakeExchange, rest: Rest, ws: Any) -> None:
     order = fx.seed_order(order_link_id="r-1")
     other = fx.seed_order()
@@ -682,6 +710,27 @@ async def test_ws_auth_subscribe_ping_shapes(fx: FakeExchange) -> None:
         # RFC6455 pings are answered.
         await asyncio.wait_for(await w.ping(), 2)
     assert fx.ws_received[0] == {"op": "subscribe", "args": ["order"]}
+
+
+async def test_ws_private_topic_names(fx: FakeExchange) -> None:
+    """Bybit's private topics beyond ``order``: position has categorised forms for linear,
+    inverse and option only (docs websocket/private/position.mdx), under the same no-mixing rule
+    as order (protocol §3); dcp.future, dcp.spot and dcp.option replace dcp (private/dcp.mdx)."""
+    async with connect(fx.ws_url, ping_interval=None) as w:
+        await w.send(json.dumps(auth_msg()))
+        assert (await recv(w))["success"] is True
+        for args, ok in (
+            (["position.linear", "position.option"], True),
+            (["dcp.future", "dcp.spot", "dcp.option"], True),
+            (["execution.fast"], True),
+            (["position.spot"], False),
+            (["position", "position.inverse"], False),
+            (["order", "order.spot"], False),
+            (["order.BTCUSDT"], False),
+        ):
+            await w.send(json.dumps({"op": "subscribe", "args": args}))
+            ack = await recv(w)
+            assert (ack["op"], ack["success"]) == ("subscribe", ok), (args, ack)
 
 
 @pytest.mark.parametrize("case", ["bad_sig", "unknown_key", "expired", "refused"])

@@ -53,10 +53,30 @@ BYBIT_RATE_LIMITS: Final = {
     "/v5/order/history": 50,
 }
 MAX_ORDERS_PER_PUSH: Final = 50
+# Bybit's docs, websocket/private/dcp.mdx: "dcp" is deprecated for dcp.future, dcp.spot and
+# dcp.option (plain topics, not categories).
 _PRIVATE_TOPICS: Final = frozenset(
-    {"order", "execution", "execution.fast", "position", "wallet", "greeks", "dcp"}
+    {
+        "order",
+        "execution",
+        "execution.fast",
+        "position",
+        "wallet",
+        "greeks",
+        "dcp",
+        "dcp.future",
+        "dcp.spot",
+        "dcp.option",
+    }
 )
-_CATEGORISED_FAMILIES: Final = frozenset({"order", "execution", "execution.fast"})
+# The categorised forms of each all-in-one topic (protocol §3, §11; Bybit's docs,
+# websocket/private/position.mdx: position.linear, position.inverse, position.option, no spot).
+_CATEGORISED_FAMILIES: Final[dict[str, frozenset[str]]] = {
+    "order": CATEGORIES,
+    "execution": CATEGORIES,
+    "execution.fast": CATEGORIES,
+    "position": frozenset({"linear", "inverse", "option"}),
+}
 _LINK_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_")
 _ZERO: Final = Decimal(0)
 
@@ -133,6 +153,13 @@ def _padded(d: Decimal, places: int) -> str:
     if isinstance(exp, int) and -exp > places:
         places = -exp
     return f"{d:.{places}f}"
+
+
+def _place_type(order: FakeOrder) -> str:
+    # placeType is "option used. iv, price" (Bybit's docs, order/open-order.mdx): the documented
+    # option push (protocol §4, ws-private/order.push.option-filled.json) says "price"; every
+    # other category's example has "".
+    return "price" if order.category == "option" else ""
 
 
 class Fault(enum.StrEnum):
@@ -1020,7 +1047,7 @@ class FakeExchange:
                 "tpTriggerBy": "",
                 "slTriggerBy": "",
                 "triggerDirection": o.trigger_direction,
-                "placeType": "",
+                "placeType": _place_type(o),
                 "lastPriceOnCreated": o.price,
                 "closeOnTrigger": False,
                 "reduceOnly": o.reduce_only,
@@ -1029,13 +1056,18 @@ class FakeExchange:
                 "smpOrderId": "",
             }
         )
-        if not spot:
+        if o.category == "option":
+            # ws-private/order.push.option-filled.json (protocol §4): option has "" here, and
+            # "tpslMode ... Option returns always \"\"" (Bybit's docs, order/open-order.mdx).
+            d["slLimitPrice"] = ""
+            d["tpLimitPrice"] = ""
+            d["tpslMode"] = ""
+        elif not spot:
             # ws-private/order.push.linear-cancelled.json; createType is absent for spot/option.
             d["slLimitPrice"] = "0"
             d["tpLimitPrice"] = "0"
             d["tpslMode"] = "UNKNOWN"
-            if o.category != "option":
-                d["createType"] = "CreateByUser"
+            d["createType"] = "CreateByUser"
         d["marketUnit"] = ""
         d["createdTime"] = str(o.created_time)
         d["updatedTime"] = str(o.updated_time)
@@ -1093,7 +1125,7 @@ class FakeExchange:
             "tpslMode": "",
             "tpLimitPrice": "",
             "slLimitPrice": "",
-            "placeType": "",
+            "placeType": _place_type(o),
         }
         if history:
             d["slippageToleranceType"] = "UNKNOWN"
@@ -2020,13 +2052,10 @@ class FakeExchange:
             return
         topics: list[str] = args
         for t in topics:
-            base, _, cat = t.partition(".")
-            family = t if t in _PRIVATE_TOPICS else base
             if t in _PRIVATE_TOPICS:
                 continue
-            if family in _CATEGORISED_FAMILIES and cat in CATEGORIES:
-                continue
-            if t.startswith("execution.fast.") and t.rsplit(".", 1)[1] in CATEGORIES:
+            family, _, cat = t.rpartition(".")
+            if cat in _CATEGORISED_FAMILIES.get(family, ()):
                 continue
             # Text from a public-stream failure (protocol §3); no private one was captured.
             self._send_ctl(
@@ -2036,9 +2065,9 @@ class FakeExchange:
         if op == "subscribe":
             # protocol §3: all-in-one and categorised topics cannot share one request. The
             # failure text is undocumented.
-            for fam in _CATEGORISED_FAMILIES:
+            for fam, cats in _CATEGORISED_FAMILIES.items():
                 if fam in topics and any(
-                    t.startswith(fam + ".") and t.rsplit(".", 1)[1] in CATEGORIES for t in topics
+                    t.rpartition(".")[0] == fam and t.rpartition(".")[2] in cats for t in topics
                 ):
                     self._send_ctl(conn, self._ack(conn, op, False, "Params Error", req_id))
                     return
