@@ -336,6 +336,44 @@ async def test_bybits_own_rate_limits_are_per_category() -> None:
         assert codes["linear"] == [110001] * 10 + [10006] * 11
 
 
+async def test_auth_failures_carry_rate_limit_headers_and_count() -> None:
+    """protocol §7: the rate-limit headers come on every request, so a 10002, 10003 or 10004 (and
+    a body that is not JSON) carries them and is counted, as the injected 10002 fault is."""
+    async with (
+        FakeExchange(KEY, SECRET, rate_limits={"/v5/order/cancel": 5}) as fx,
+        aiohttp.ClientSession() as s,
+    ):
+        rest = Rest(s, fx)
+        body = '{"category":"linear","symbol":"BTCUSDT","orderId":"1"}'
+        bad_sign = {**rest.headers(body), "X-BAPI-SIGN": "0" * 64}
+        answers = [
+            await rest.post("/v5/order/cancel", body, ts=int(time.time() * 1000) + 5_000),
+            await rest.post("/v5/order/cancel", body, key="nope"),
+            await rest.post("/v5/order/cancel", body, headers=bad_sign),
+            await rest.post("/v5/order/cancel", "not json"),
+        ]
+        assert [a[1]["retCode"] for a in answers] == [10002, 10003, 10004, 10001]
+        # (A body with no category counts in the window shared by unknown categories.)
+        assert [a[2].get("X-Bapi-Limit-Status") for a in answers] == ["4", "3", "2", "4"]
+        assert {a[2].get("X-Bapi-Limit") for a in answers} == {"5"}
+        # The injected 10002 answers alike: headers, and one more request counted.
+        order = fx.seed_order()
+        fx.add_fault(Fault.TIMESTAMP_10002, order_id=order.order_id)
+        _, data, h = await rest.cancel("linear", "BTCUSDT", orderId=order.order_id)
+        assert data["retCode"] == 10002 and h["X-Bapi-Limit-Status"] == "1"
+        _, data, _ = await rest.cancel("linear", "BTCUSDT", orderId=order.order_id)
+        assert data["retCode"] == 0
+        # A full window still answers the auth error, with nothing left.
+        _, data, h = await rest.post("/v5/order/cancel", body, key="nope")
+        assert data["retCode"] == 10003 and h["X-Bapi-Limit-Status"] == "0"
+        # GET too, on its own window.
+        _, data, h = await rest.get("/v5/order/realtime", "category=spot", key="nope")
+        assert data["retCode"] == 10003 and h["X-Bapi-Limit-Status"] == "9999"
+        # No auth headers at all: the non-JSON 401, without them.
+        async with s.get(fx.rest_url + "/v5/order/realtime?category=spot") as r:
+            assert r.status == 401 and "X-Bapi-Limit" not in r.headers
+
+
 # ---------------------------------------------------------------------------- cancel
 
 
@@ -631,6 +669,48 @@ async def test_realtime_list_open_orders(fx: FakeExchange, rest: Rest) -> None:
     empty = fixture("rest/order-realtime.response.observed-empty.json")
     _, data, _ = await rest.get("/v5/order/realtime", "category=linear&symbol=XRPUSDT")
     assert data["result"] == {**empty["result"]}
+
+
+async def test_spot_rest_rows_have_base_price_and_no_tpsl_mode(
+    fx: FakeExchange, rest: Rest
+) -> None:
+    """Bybit's open-order and order-list pages (protocol §8): spot rows add ``basePrice`` and
+    have no ``tpslMode``; every key of the observed spot row is there."""
+    observed = fixture("rest/order-realtime.response.observed-spot-new.json")["result"]["list"][0]
+    order = fx.seed_order(category="spot", qty="0.000040", price="28909.99")
+    [row] = await rest.realtime("spot", orderId=order.order_id)
+    assert "tpslMode" not in row and row["basePrice"] == "28909.99"
+    assert set(observed) <= set(row), set(observed) - set(row)
+    keys = list(row)
+    assert keys.index("lastPriceOnCreated") + 1 == keys.index("basePrice")
+    await rest.cancel("spot", "BTCUSDT", orderId=order.order_id)
+    await fx.wait_idle()
+    [hist] = await rest.history("spot", orderId=order.order_id)
+    assert "tpslMode" not in hist and hist["basePrice"] == "28909.99"
+    # Derivatives rows keep tpslMode and have no basePrice.
+    linear = fx.seed_order()
+    [row] = await rest.realtime("linear", orderId=linear.order_id)
+    assert row["tpslMode"] == "" and "basePrice" not in row
+
+
+@pytest.mark.parametrize("cursor", ["-1", "-20", "abc", "1.5", "page_args%3Dx"])
+@pytest.mark.parametrize("path", ["/v5/order/realtime", "/v5/order/history"])
+async def test_a_cursor_not_from_the_fake_is_refused(
+    fx: FakeExchange, rest: Rest, path: str, cursor: str
+) -> None:
+    """Undocumented: a negative or malformed cursor gets Bybit's generic 10001, never a slice."""
+    for _ in range(3):
+        fx.seed_order()
+    status, data, h = await rest.get(path, f"category=linear&cursor={cursor}&symbol=BTCUSDT")
+    assert status == 200 and data["retCode"] == 10001, data
+    assert data["retMsg"] == "params error: invalid cursor" and data["result"] == {}
+    assert "X-Bapi-Limit-Status" in h
+    # The fake's own cursors still page.
+    _, data, _ = await rest.get("/v5/order/realtime", "category=linear&limit=2&symbol=BTCUSDT")
+    cursor = data["result"]["nextPageCursor"]
+    query = f"category=linear&cursor={cursor}&limit=2&symbol=BTCUSDT"
+    _, data, _ = await rest.get("/v5/order/realtime", query)
+    assert data["retCode"] == 0 and len(data["result"]["list"]) == 1
 
 
 async def test_create_order_ack_then_new_push(fx: FakeExchange, rest: Rest, ws: Any) -> None:

@@ -1117,16 +1117,29 @@ class FakeExchange:
             "triggerDirection": o.trigger_direction,
             "triggerBy": "LastPrice" if o.trigger_price else "UNKNOWN",
             "lastPriceOnCreated": "",
-            "reduceOnly": o.reduce_only,
-            "closeOnTrigger": False,
-            "smpType": "None",
-            "smpGroup": 0,
-            "smpOrderId": "",
-            "tpslMode": "",
-            "tpLimitPrice": "",
-            "slLimitPrice": "",
-            "placeType": _place_type(o),
         }
+        if o.category == "spot":
+            # Bybit's docs (https://bybit-exchange.github.io/docs/v5/order/open-order, response
+            # table; protocol §8): "basePrice ... Spot has this field only", the last price when
+            # the order was placed, which the fake takes to be the order's price (as its push's
+            # lastPriceOnCreated does).
+            d["basePrice"] = o.price
+        d.update(
+            {
+                "reduceOnly": o.reduce_only,
+                "closeOnTrigger": False,
+                "smpType": "None",
+                "smpGroup": 0,
+                "smpOrderId": "",
+            }
+        )
+        if o.category != "spot":
+            # Same table (open-order and order-list pages): "tpslMode ... Spot does not have
+            # this field"; rest/order-realtime.response.observed-spot-new.json has none.
+            d["tpslMode"] = ""
+        d["tpLimitPrice"] = ""
+        d["slLimitPrice"] = ""
+        d["placeType"] = _place_type(o)
         if history:
             d["slippageToleranceType"] = "UNKNOWN"
             d["slippageTolerance"] = ""
@@ -1257,6 +1270,25 @@ class FakeExchange:
         window.append(now)
         return True, self._limit_headers(limit, limit - len(window), now_ms)
 
+    def _limited(self, resp: web.Response, endpoint: str, category: str) -> web.Response:
+        """An auth failure's answer, counted and given the rate-limit headers.
+
+        protocol §7 and Bybit's rate-limit page
+        (https://bybit-exchange.github.io/docs/v5/rate-limit): "Every request to the API
+        returns response header". No source says Bybit checks the signature before its rate
+        limiter, or whether a refused request counts (the limit is "per second per UID"); the
+        fake counts a 10002, 10003 or 10004 (or its 10001 for a malformed
+        timestamp) like any other request, as its injected ``TIMESTAMP_10002`` always did, so the
+        two kinds of 10002 answer alike. The verdict is still the auth error, even when the window
+        is full (then with ``X-Bapi-Limit-Status: 0``). The non-JSON 401 (no auth headers at all)
+        gets none, like the 403s: a gateway answer, undocumented either way.
+        """
+        if resp.status != 200:
+            return resp
+        _, rl = self._rate(endpoint, category)
+        resp.headers.update(rl)
+        return resp
+
     def _limit(self, endpoint: str, category: str) -> int:
         limit = self.rate_limits.get(f"{endpoint} {category}")
         return self.rate_limits.get(endpoint, DEFAULT_RATE_LIMIT) if limit is None else limit
@@ -1343,17 +1375,18 @@ class FakeExchange:
         Returns ``(params, category, rate-limit headers)`` or the error answer to send.
         """
         raw = await request.read()
+        p = self._parse_body(raw)
+        category = p.get("category") if p is not None else None
+        window = category if isinstance(category, str) else ""
         try:
             self._authenticate(request, raw)
         except _AuthError as e:
-            return e.response
-        p = self._parse_body(raw)
-        if p is None:
-            return self._err(10001, "params error: invalid request body")
-        category = p.get("category")
-        ok, rl = self._rate(endpoint, category if isinstance(category, str) else "")
+            return self._limited(e.response, endpoint, window)
+        ok, rl = self._rate(endpoint, window)
         if not ok:
             return self._err(10006, "Too many visits!", rl)
+        if p is None:
+            return self._err(10001, "params error: invalid request body", rl)
         if not isinstance(category, str) or category not in CATEGORIES:
             return self._err(10001, "params error: Illegal category", rl)
         return p, category, rl
@@ -1622,14 +1655,30 @@ class FakeExchange:
     def _query(self, request: web.Request) -> dict[str, str]:
         return dict(parse_qsl(request.raw_path.partition("?")[2], keep_blank_values=True))
 
+    @staticmethod
+    def _cursor(q: Mapping[str, str]) -> int | None:
+        """The page start a ``cursor`` names: 0 when absent, None when it is not one of ours.
+
+        Undocumented: Bybit's docs (open-order and order-list pages, protocol §8) only say to
+        pass back a ``nextPageCursor``, not what a made-up one gets. The fake's cursors are
+        plain offsets; anything else (negative, not a whole number) is refused with the generic
+        10001 (protocol §6 table) rather than answered with a wrong slice.
+        """
+        raw = q.get("cursor") or ""
+        if not raw:
+            return 0
+        if not raw.isdigit() or not raw.isascii():
+            return None
+        return int(raw)
+
     def _list_result(
         self, orders: list[FakeOrder], q: Mapping[str, str], category: str, history: bool
     ) -> dict[str, Any]:
         try:
             limit = max(1, min(50, int(q.get("limit") or 20)))
-            start = int(q.get("cursor") or 0)
         except ValueError:
-            limit, start = 20, 0
+            limit = 20
+        start = self._cursor(q) or 0
         page = orders[start : start + limit]
         more = start + limit < len(orders)
         return {
@@ -1670,12 +1719,12 @@ class FakeExchange:
             # gets 403. (Checked first here: the docs do not say which check Bybit makes first.)
             return web.Response(status=403, text="403 Forbidden")
         query = request.raw_path.partition("?")[2]
+        q = self._query(request)
+        category = q.get("category", "")
         try:
             self._authenticate(request, query.encode())
         except _AuthError as e:
-            return e.response
-        q = self._query(request)
-        category = q.get("category", "")
+            return self._limited(e.response, endpoint, category)
         ok, rl = self._rate(endpoint, category)
         if not ok:
             return self._err(10006, "Too many visits!", rl)
@@ -1688,6 +1737,8 @@ class FakeExchange:
         if isinstance(pre, web.Response):
             return pre
         q, category, rl = pre
+        if self._cursor(q) is None:
+            return self._err(10001, "params error: invalid cursor", rl)
         oid = q.get("orderId") or None
         link = q.get("orderLinkId") or None
         if oid or link:
@@ -1721,6 +1772,8 @@ class FakeExchange:
         if isinstance(pre, web.Response):
             return pre
         q, category, rl = pre
+        if self._cursor(q) is None:
+            return self._err(10001, "params error: invalid cursor", rl)
         oid = q.get("orderId") or None
         link = q.get("orderLinkId") or None
         if oid or link:
