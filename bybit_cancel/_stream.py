@@ -253,7 +253,12 @@ class PrivateStream:
             ):
                 raise ClientClosedError("the client was closed while it was connecting") from None
             raise
-        except BaseException:
+        except BaseException as exc:
+            if self.state is ConnectionState.CLOSED and isinstance(exc, BybitError):
+                # close() cancelled the connect and the HTTP layer took that cancel back, failing
+                # the clock resync it reached instead (aiohttp does when its own timeout fires in
+                # the same turn): the connect failed because the client closed.
+                raise ClientClosedError("the client was closed while it was connecting") from exc
             if self.state is ConnectionState.CONNECTING:
                 self.state = ConnectionState.DISCONNECTED
             raise
@@ -526,6 +531,10 @@ class PrivateStream:
                     # Giving up would fail every pending and later call, REST ones included, which
                     # a redirect of the stream does not stop; only a refused auth (REST signs with
                     # the same key) proves the client cannot work.
+                    if self.state is ConnectionState.CLOSED:
+                        # close()'s cancel, taken back on its way (see above): the attempt
+                        # failed because the client is closing, which is no outage to log.
+                        return
                     now = loop.time()
                     banned = _ip_banned(exc)
                     if banned:

@@ -30,6 +30,7 @@ from bybit_cancel import (
     HTTPStatusError,
     OrderStatus,
     TransportError,
+    _client as client_module,
 )
 from bybit_cancel._rest import RestClient
 from bybit_cancel._stream import PrivateStream
@@ -1500,5 +1501,65 @@ async def test_aclose_ends_a_stream_whose_clock_resync_swallowed_the_cancel(
         finally:
             fx.refuse_auth = False
             closing.cancel()
+            await asyncio.wait_for(client.aclose(), 5)
+    assert client_tasks() == []
+
+
+async def test_aclose_during_a_reconnects_clock_resync_logs_no_failed_attempt(
+    fx: FakeExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aclose() cancels the stream task inside a reconnect's clock resync and the HTTP layer
+    takes that cancel back, failing the resync as timed out: the stream logged that as a
+    failed reconnect, a WARNING ("private stream reconnect 1 failed: ... clock resync failed")
+    for a failure the close itself caused. It now just stops."""
+    async with aiohttp.ClientSession() as session:
+        holder = _HoldsServerTime(session)
+        client = await _client_through(fx, holder, reconnect_backoff=(0.02, 0.2))
+        try:
+            fx.refuse_auth = True
+            await fx.disconnect_all()
+            await asyncio.wait_for(holder.entered.wait(), 5)
+            with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+                await asyncio.wait_for(client.aclose(), 5)
+            assert holder.swallowed == 1
+            failed = [r.getMessage() for r in caplog.records if "reconnect" in r.getMessage()]
+            assert failed == []
+            assert client.connection_state is ConnectionState.CLOSED
+        finally:
+            fx.refuse_auth = False
+            await asyncio.wait_for(client.aclose(), 5)
+    assert client_tasks() == []
+
+
+async def test_aclose_during_opens_clock_resync_is_a_closed_client(
+    fx: FakeExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open()'s auth is refused and it resyncs the clock over REST; aclose() cancels open()
+    there, and when the HTTP layer took that cancel back (the resync failing as timed out),
+    open() raised TransportError ("clock resync failed"), as if the stream could not be
+    reached: it is the ClientClosedError a close during the connect raises."""
+    async with aiohttp.ClientSession() as session:
+        holder = _HoldsServerTime(session)
+
+        def through(*args: Any, **kwargs: Any) -> RestClient:
+            rest = RestClient(*args, **kwargs)
+            rest._session = holder  # type: ignore[assignment]
+            return rest
+
+        monkeypatch.setattr(client_module, "RestClient", through)
+        client = make_client(fx, session=session)
+        fx.refuse_auth = True
+        opening = asyncio.create_task(client.open())
+        try:
+            await asyncio.wait_for(holder.entered.wait(), 5)
+            await asyncio.wait_for(client.aclose(), 5)
+            await asyncio.wait_for(asyncio.wait([opening]), 5)
+            assert holder.swallowed == 1
+            error = opening.exception()
+            assert isinstance(error, ClientClosedError), repr(error)
+            assert client.connection_state is ConnectionState.CLOSED
+        finally:
+            fx.refuse_auth = False
+            opening.cancel()
             await asyncio.wait_for(client.aclose(), 5)
     assert client_tasks() == []
