@@ -852,8 +852,11 @@ class BybitCancelClient:
         if resolved:
             wake_all(resolved, asyncio.get_running_loop().call_soon)
 
-    def _on_reconnected(self) -> None:
-        # Bybit replays nothing missed while disconnected (§12.4): look every pending cancel up.
+    def _on_reconnected(self, settled: bool = True) -> None:
+        # Bybit replays nothing missed while disconnected (§12.4): look every pending cancel up,
+        # after every reconnect. `settled` is false while the stream's outage is not (a
+        # connection of it was lost soon after it came up): a flapping gateway reconnects every
+        # few seconds, and the reconcile says so at DEBUG then, as the stream does.
         if self._state is not _State.OPEN:
             return
         old = self._reconcile_task
@@ -866,7 +869,8 @@ class BybitCancelClient:
         # The cancels pending now may have missed their push while the stream was down; those
         # registered from here on get theirs on the new connection and need no lookup.
         self._reconcile_task = loop.create_task(
-            self._reconcile(self._tracker.pending()), name="bybit_cancel.reconcile"
+            self._reconcile(self._tracker.pending(), logging.INFO if settled else logging.DEBUG),
+            name="bybit_cancel.reconcile",
         )
 
     def _on_stream_failed(self, exc: BybitError) -> None:
@@ -975,10 +979,10 @@ class BybitCancelClient:
             return True
         return False
 
-    async def _reconcile(self, entries: list[Call]) -> None:
+    async def _reconcile(self, entries: list[Call], level: int) -> None:
         if not entries:
             return
-        log.info("reconciling %d pending cancels over REST after a reconnect", len(entries))
+        log.log(level, "reconciling %d pending cancels over REST after a reconnect", len(entries))
         queue = deque(entries)
         loop = self._loop
         assert loop is not None

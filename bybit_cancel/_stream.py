@@ -176,7 +176,11 @@ class PrivateStream:
         on_orders: called synchronously with each push's ``data[]``: as the push is parsed
             (inside the connection's ``data_received``, with no current task), or on the
             reader task for a message that waited in ``recv()``.
-        on_reconnected: called after every successful reconnect (not after the first connect).
+        on_reconnected: called after every successful reconnect (not after the first connect),
+            with whether it ended its outage as far as is known: False while the outage is not
+            settled (a connection of it was lost soon after it came up, and this one may go the
+            same way: its INFO line waits until it has stayed up), when the owner's own lines
+            about the reconnect belong at DEBUG.
         on_failed: called once if the stream gives up for good (auth refused on a reconnect,
             and still refused once the clock was resynced).
         resync_clock: measures Bybit's clock; called once before retrying a refused auth.
@@ -189,7 +193,7 @@ class PrivateStream:
         *,
         now_ms: Callable[[], int],
         on_orders: Callable[[list[WireOrder]], None],
-        on_reconnected: Callable[[], None],
+        on_reconnected: Callable[[bool], None],
         on_failed: Callable[[BybitError], None],
         resync_clock: Callable[[], Awaitable[None]] | None,
         ping_interval: float,
@@ -548,7 +552,7 @@ class PrivateStream:
                 if back is not None:
                     settled.append(back)
                     timer = loop.call_at(up_since + stable_for, settle)
-                self._on_reconnected()
+                self._on_reconnected(back is None)
         finally:
             if timer is not None:
                 timer.cancel()

@@ -94,7 +94,7 @@ def make_stream(
         Credentials(key, "s"),
         now_ms=lambda: time.time_ns() // 1_000_000,
         on_orders=on_orders,
-        on_reconnected=lambda: None,
+        on_reconnected=lambda settled: None,
         on_failed=lambda e: None,
         resync_clock=None,
         ping_interval=20,

@@ -13,7 +13,7 @@ import socket
 import pytest
 from aiohttp import web
 
-from bybit_cancel import _stream
+from bybit_cancel import CancelResult, _stream
 from bybit_cancel.testing import FakeExchange
 
 from .conftest import client_tasks, make_client
@@ -280,6 +280,40 @@ async def test_a_flapping_connection_is_one_outage(
         back[1].getMessage(),
     ), back[1].getMessage()
     assert len(again) == 3 and again[2].getMessage().endswith(" down and 1 attempt")
+    assert client_tasks() == []
+
+
+async def test_a_flapping_connection_reconciles_each_reconnect_quietly(
+    fx: FakeExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a cancel pending, each reconnect of a flapping connection logged "reconciling 1
+    pending cancels over REST after a reconnect" at INFO, as many times as it flapped. The
+    reconcile still runs after every reconnect (Bybit replays nothing, §12.4), but says so at
+    INFO only for a reconnect that ended its outage, as far as is known: once per outage."""
+    order = fx.seed_order()
+    with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+        async with (
+            asyncio.timeout(20),
+            make_client(fx, ping_interval=1.0, reconnect_backoff=(0.001, 0.002)) as client,
+        ):
+            # Pending with no request sent: every lookup finds the order still open.
+            entry = client._begin("linear", "BTCUSDT", order.order_id, None)
+            assert not isinstance(entry, CancelResult)
+            client._arm(entry, 30.0)
+            try:
+                fx.drop_after_subscribe = True
+                await fx.disconnect_all()
+                await wait_until(lambda: client.reconnect_count >= 5)
+                fx.drop_after_subscribe = False
+                await wait_until(lambda: bool(messages(caplog, "has stayed up")), timeout=10)
+                reconnects = client.reconnect_count
+                reconciling = messages(caplog, "reconciling 1 pending cancels")
+            finally:
+                client._end(entry)
+    assert len(reconciling) == reconnects
+    assert [r.levelname for r in reconciling] == ["INFO"] + ["DEBUG"] * (reconnects - 1)
+    looked_up = [q for q in fx.requests if q.path.startswith("/v5/order/realtime")]
+    assert len(looked_up) >= reconnects
     assert client_tasks() == []
 
 

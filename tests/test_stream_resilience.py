@@ -55,7 +55,7 @@ def make_stream(
         creds or Credentials("k", "s"),
         now_ms=lambda: time.time_ns() // 1_000_000,
         on_orders=lambda orders: None,
-        on_reconnected=lambda: None,
+        on_reconnected=lambda settled: None,
         on_failed=on_failed,
         resync_clock=None,
         ping_interval=ping_interval,
