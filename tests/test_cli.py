@@ -275,7 +275,7 @@ async def test_a_signal_closes_the_client_and_exits_cleanly(sig: str, code: int,
         await asyncio.wait_for(hole.accepted.wait(), 15)  # it is connecting now
         proc.send_signal(getattr(signal, sig))
         out, err = await asyncio.wait_for(proc.communicate(), 15)
-    assert proc.returncode == code, err
+    assert proc.returncode == code, (out, err)
     assert json.loads(out.decode()) == {
         "error": name,
         "message": name.lower(),
