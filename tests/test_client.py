@@ -194,32 +194,34 @@ async def test_a_cancel_under_the_wrong_symbol_says_which_symbol(
     assert client.pending_count == 0
 
 
-async def test_spot_stop_order_needs_order_filter(
-    fx: FakeExchange, client: BybitCancelClient
-) -> None:
+async def test_spot_stop_order_needs_order_filter(fx: FakeExchange) -> None:
     """A spot stop order cancelled with the right orderFilter is Deactivated; without it Bybit
-    says 170213 while the order is open, and the client says so instead of OrderNotFound."""
+    says 170213 while the order is open, and the client says so instead of OrderNotFound.
+    (Before saying so it gives a racing fill push_grace to show: 0.1 s here, not 1 s twice.)"""
     o = fx.seed_order(category="spot", trigger_price="50000", order_filter="StopOrder")
-    with pytest.raises(BybitAPIError) as info:
-        await client.cancel_order(category="spot", symbol="BTCUSDT", order_id=o.order_id, timeout=5)
-    assert not isinstance(info.value, OrderNotFound)
-    assert info.value.ret_code == 170213 and "order_filter" in str(info.value)
-    # Bybit's retMsg as sent (scripts match on it); the client's hint is in the message only.
-    assert info.value.ret_msg == "Order does not exist."
-    assert "yet the order is Untriggered" in str(info.value)
-    assert "pass order_filter" in str(info.value)
-    # A filter naming another book: the hint says so, instead of asking for a filter.
-    with pytest.raises(BybitAPIError) as info:
-        await client.cancel_order(
-            category="spot", symbol="BTCUSDT", order_id=o.order_id, order_filter="tpslOrder"
+    async with make_client(fx, push_grace=0.1) as client:
+        with pytest.raises(BybitAPIError) as info:
+            await client.cancel_order(
+                category="spot", symbol="BTCUSDT", order_id=o.order_id, timeout=5
+            )
+        assert not isinstance(info.value, OrderNotFound)
+        assert info.value.ret_code == 170213 and "order_filter" in str(info.value)
+        # Bybit's retMsg as sent (scripts match on it); the client's hint is in the message only.
+        assert info.value.ret_msg == "Order does not exist."
+        assert "yet the order is Untriggered" in str(info.value)
+        assert "pass order_filter" in str(info.value)
+        # A filter naming another book: the hint says so, instead of asking for a filter.
+        with pytest.raises(BybitAPIError) as info:
+            await client.cancel_order(
+                category="spot", symbol="BTCUSDT", order_id=o.order_id, order_filter="tpslOrder"
+            )
+        assert info.value.ret_code == 170213 and info.value.hint is not None
+        assert "order_filter='tpslOrder' may name the wrong book" in info.value.hint
+        assert "pass order_filter" not in str(info.value)
+        r = await client.cancel_order(
+            category="spot", symbol="BTCUSDT", order_id=o.order_id, order_filter="StopOrder"
         )
-    assert info.value.ret_code == 170213 and info.value.hint is not None
-    assert "order_filter='tpslOrder' may name the wrong book" in info.value.hint
-    assert "pass order_filter" not in str(info.value)
-    r = await client.cancel_order(
-        category="spot", symbol="BTCUSDT", order_id=o.order_id, order_filter="StopOrder"
-    )
-    assert r.status is OrderStatus.DEACTIVATED
+        assert r.status is OrderStatus.DEACTIVATED
 
 
 async def test_partially_filled_spot(fx: FakeExchange, client: BybitCancelClient) -> None:
