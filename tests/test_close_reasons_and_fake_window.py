@@ -27,9 +27,10 @@ def stream_to(url: str, key: str = KEY18) -> PrivateStream:
 
 
 def closing_peer(
-    at: str, closed: asyncio.Event
+    at: str, closed: asyncio.Event, go: asyncio.Event | None = None
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Answers auth and subscribe; closes with a reason quoting the API key at `at`."""
+    """Answers auth and subscribe; closes with a reason quoting the API key at `at`
+    ("after-subscribe": once `go` is set, when the test has seen the stream open)."""
 
     async def peer(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse()
@@ -47,7 +48,8 @@ def closing_peer(
             reply = {"req_id": msg.get("req_id"), "op": op, "success": True, "ret_msg": ""}
             await ws.send_str(json.dumps({**reply, "conn_id": "c"}))
             if op == "subscribe" and at == "after-subscribe":
-                await asyncio.sleep(0.05)
+                assert go is not None
+                await go.wait()
                 await ws.close(code=1008, message=f"bad key {key}".encode())
                 closed.set()
                 break
@@ -93,12 +95,13 @@ async def test_a_close_reason_quoting_the_key_after_subscribe_is_not_logged() ->
     handler = Catch(logging.DEBUG)
     logger = logging.getLogger("bybit_cancel")
     logger.addHandler(handler)
-    closed = asyncio.Event()
-    runner, host = await serve(closing_peer("after-subscribe", closed))
+    closed, go = asyncio.Event(), asyncio.Event()
+    runner, host = await serve(closing_peer("after-subscribe", closed, go))
     stream = stream_to(f"ws://{host}/v5/private")
     try:
         async with asyncio.timeout(5):
             await stream.open()
+            go.set()  # (closed before open() had the subscribe reply, it would fail the open)
             await logged.wait()
         text = "\n".join(lines)
         assert "bad key AbCd***" in text, text
