@@ -18,8 +18,34 @@ def entry(name: str) -> Pending:
     return Pending("linear", "BTCUSDT", name, "")
 
 
+class HandleCountingLoop:
+    """The running loop, counting the timers ``call_at`` armed that are still live (neither fired
+    nor cancelled), and the most at once: on any loop, where asyncio's ``_scheduled`` heap is
+    asyncio's own (uvloop keeps its timers in libuv)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.live: set[asyncio.TimerHandle] = set()
+        self.most_live = 0
+
+    def time(self) -> float:
+        return self.loop.time()
+
+    def call_at(self, when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        def fire() -> None:
+            self.live.discard(handle)
+            callback(*args)
+
+        handle = self.loop.call_at(when, fire)
+        self.live = {h for h in self.live if not h.cancelled()}
+        self.live.add(handle)
+        self.most_live = max(self.most_live, len(self.live))
+        return handle
+
+
 async def test_items_fire_in_time_order_on_one_handle() -> None:
-    loop = asyncio.get_running_loop()
+    counting = HandleCountingLoop(asyncio.get_running_loop())
+    loop: asyncio.AbstractEventLoop = counting  # type: ignore[assignment]
     fired: list[tuple[str, int, Any]] = []
     done = asyncio.Event()
 
@@ -42,9 +68,9 @@ async def test_items_fire_in_time_order_on_one_handle() -> None:
     assert fired[1] == ("b", DEADLINE, 0.02)
     assert fired[2] == ("a", GRACE, "payload")
     assert len(timers) == 0
-    # never more than one loop timer for all of them
-    scheduled = loop._scheduled  # type: ignore[attr-defined]
-    assert len([h for h in scheduled if not h.cancelled()]) <= 1
+    # never more than one loop timer for all of them, and none left
+    assert counting.most_live == 1
+    assert not [h for h in counting.live if not h.cancelled()]
 
 
 async def test_items_due_together_fire_in_time_order() -> None:
