@@ -484,7 +484,12 @@ class PrivateStream:
                     closed = await self._serve(ws)
                     down_since = loop.time()
                     up_for = down_since - up_since
-                    stable = up_for >= stable_for
+                    # Compared as the heartbeat compares its ping's time (``now >= start +
+                    # interval``), not ``up_for >= stable_for``: on a clock that counts whole
+                    # milliseconds (uvloop's), a connection dropped in the millisecond of its first
+                    # ping measured 0.19999999999708962 up for an interval of 0.2, and was counted
+                    # as lost soon after it came up, the backoff growing on.
+                    stable = down_since >= up_since + stable_for
                     if timer is not None:
                         timer.cancel()
                         timer = None

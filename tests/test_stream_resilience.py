@@ -4,10 +4,12 @@ resync: it keeps trying, with a backoff that grows, and gives up only on a real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -25,7 +27,7 @@ from bybit_cancel._signing import Credentials
 from bybit_cancel._stream import PrivateStream
 from bybit_cancel.testing import FakeExchange, Fault
 
-from .conftest import KEY, SECRET, client_tasks, make_client
+from .conftest import KEY, SECRET, asyncio_loop_only, client_tasks, make_client
 from .helpers import wait_until
 
 
@@ -241,6 +243,69 @@ async def test_a_server_dropping_every_fresh_connection_meets_a_growing_backoff(
             assert server.connections == 7
         finally:
             await stream.close()
+    assert client_tasks() == []
+
+
+@contextlib.contextmanager
+def coarse_clock(loop: asyncio.AbstractEventLoop, start: float) -> Iterator[None]:
+    """Run asyncio's own loop on a clock that stands still while anything is ready and, when
+    nothing is, jumps to the next timer instead of sleeping: as a loop whose clock ticks coarsely
+    (uvloop's counts whole milliseconds) sees a ping and the close it provokes, read in the same
+    tick. Replaces the loop's ``time()`` and its selector's ``select()``: asyncio's own only."""
+    selector = loop._selector  # type: ignore[attr-defined]
+    real_select = selector.select
+    now = start
+
+    def time_() -> float:
+        return now
+
+    def select(timeout: float | None = None) -> list[Any]:
+        nonlocal now
+        events: list[Any] = real_select(0)
+        if events or timeout == 0:
+            return events
+        if timeout is None:  # no timer: wait for the sockets, for real
+            return real_select(None)  # type: ignore[no-any-return]
+        now += timeout  # (exact: asyncio's timeout is the next timer's time less ours)
+        return []
+
+    loop.time = time_  # type: ignore[method-assign]
+    selector.select = select
+    try:
+        yield
+    finally:
+        del selector.select
+        del loop.time
+
+
+@asyncio_loop_only("the coarse clock replaces the loop's time() and its selector's select()")
+async def test_a_connection_lost_at_its_first_ping_stayed_up_on_a_coarse_clock() -> None:
+    """uvloop's clock counts whole milliseconds: a server that drops the connection on its first
+    ping often does so in the millisecond the ping went out. The ping had gone out because one
+    ping interval had passed since the connection came up, but ``down - up`` came out below it
+    (87185.322 - 87185.122 == 0.19999999999708962 < 0.2) and the connection counted as lost
+    soon after it came up: the backoff went on growing (the test above failed on uvloop in about
+    one run in four). Here asyncio's loop is given such a clock, where that happens every time."""
+    base = 0.004
+    rng = RecordingRandom(5)
+    failures: list[BybitError] = []
+    loop = asyncio.get_running_loop()
+    async with PrivateEndpoint(["flap", "flap", "ping"]) as server:
+        # (From any time between 65536 s and 131072 s, "0.2 s later" reads 0.19999999999708962
+        # later: the spacing of doubles there.)
+        with coarse_clock(loop, 100_000.0):
+            stream = make_stream(
+                server.url, rng, backoff=(base, 1.0), ping_interval=0.2, on_failed=failures.append
+            )
+            await stream.open()
+            try:
+                # connections 0-1 flap, 2 lives one ping interval, 3 holds
+                await wait_until(lambda: stream.reconnects >= 3 or bool(failures), timeout=10)
+                assert failures == []
+                assert [high for _, high in rng.bounds] == pytest.approx([base, 2 * base, base])
+                assert server.connections == 4
+            finally:
+                await stream.close()
     assert client_tasks() == []
 
 
