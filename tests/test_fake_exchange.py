@@ -867,6 +867,29 @@ async def test_disconnect_all_and_stall(fx: FakeExchange) -> None:
     await c.close()
 
 
+async def test_stall_after_subscribe(fx: FakeExchange) -> None:
+    """stall_after_subscribe plays a gateway that goes silent: a websocket opened while it is
+    set gets its auth and subscribe replies, then nothing (no pong, JSON or RFC6455), and stays
+    open; one opened before it was set, or after it is cleared, answers as usual."""
+    ping = json.dumps({"op": "ping"})
+    before = await open_ws(fx)
+    fx.stall_after_subscribe = True
+    silent = await open_ws(fx)
+    await silent.send(ping)
+    await no_message(silent)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(await silent.ping(), 0.3)
+    await before.send(ping)
+    assert (await recv(before))["op"] == "pong"
+    fx.stall_after_subscribe = False
+    after = await open_ws(fx)
+    await after.send(ping)
+    assert (await recv(after))["op"] == "pong"
+    assert fx.connections == 3
+    for w in (before, silent, after):
+        await w.close()
+
+
 # ---------------------------------------------------------------------------- faults
 
 

@@ -326,7 +326,10 @@ class FakeExchange:
     ``refuse_auth`` answers every websocket auth "Params Error"; ``clock_offset_ms`` moves the
     server clock; ``drop_after_subscribe`` drops each websocket (a network drop, no close
     frame) as soon as its subscribe reply is written, as a flapping gateway would: every
-    connection comes up and is lost at once; ``market_time_status`` (an HTTP status, or
+    connection comes up and is lost at once; ``stall_after_subscribe`` stalls each websocket
+    (see :meth:`stall`: open, but it sends nothing, not even a pong) as soon as its subscribe
+    reply is written, as a gateway that goes silent would: every connection comes up and is
+    then cut by the client's heartbeat; ``market_time_status`` (an HTTP status, or
     ``None``) makes ``GET /v5/market/time`` answer that status instead of the time, so that a
     clock resync fails.
 
@@ -436,6 +439,10 @@ class FakeExchange:
         # frame) as soon as its subscribe reply is written, so every connection comes up and is
         # lost at once. Connections open when it is set are left alone.
         self.drop_after_subscribe: bool = False
+        # A silent gateway: while true, each websocket is stalled (see stall()) as soon as its
+        # subscribe reply is written: it stays open, answers no ping and sends no push.
+        # Connections open when it is set are left alone.
+        self.stall_after_subscribe: bool = False
         # The answer to a cancel of an order that has already ended. None: the not-found answer
         # (110001/170213), as observed; protocol §6 also lists 110008 "The order has been
         # completed or cancelled.", 110010, 170139 "Order has been filled.", 170142 and 170190.
@@ -2138,5 +2145,10 @@ class FakeExchange:
             written: asyncio.Future[None] = self._loop.create_future()
             written.add_done_callback(lambda _: self._drop_conn(conn, abort=True))
             conn.queue.put_nowait((_KIND_CTL, _dumps(ack), written))
+            return
+        if op == "subscribe" and self.stall_after_subscribe and self._loop is not None:
+            stalled: asyncio.Future[None] = self._loop.create_future()
+            stalled.add_done_callback(lambda _: setattr(conn, "stalled", True))
+            conn.queue.put_nowait((_KIND_CTL, _dumps(ack), stalled))
             return
         self._send_ctl(conn, ack)
