@@ -855,8 +855,9 @@ class BybitCancelClient:
     def _on_reconnected(self, settled: bool = True) -> None:
         # Bybit replays nothing missed while disconnected (§12.4): look every pending cancel up,
         # after every reconnect. `settled` is false while the stream's outage is not (a
-        # connection of it was lost soon after it came up): a flapping gateway reconnects every
-        # few seconds, and the reconcile says so at DEBUG then, as the stream does.
+        # connection of it was lost before it proved stable): a flapping or silent gateway
+        # reconnects every few seconds, and the reconcile says so at DEBUG then, as the stream
+        # does.
         if self._state is not _State.OPEN:
             return
         old = self._reconcile_task

@@ -178,9 +178,9 @@ class PrivateStream:
             reader task for a message that waited in ``recv()``.
         on_reconnected: called after every successful reconnect (not after the first connect),
             with whether it ended its outage as far as is known: False while the outage is not
-            settled (a connection of it was lost soon after it came up, and this one may go the
-            same way: its INFO line waits until it has stayed up), when the owner's own lines
-            about the reconnect belong at DEBUG.
+            settled (a connection of it was lost before it proved stable, and this one may go
+            the same way: its INFO line waits until it has stayed up a ping interval and
+            answered a ping), when the owner's own lines about the reconnect belong at DEBUG.
         on_failed: called once if the stream gives up for good (auth refused on a reconnect,
             and still refused once the clock was resynced).
         resync_clock: measures Bybit's clock; called once before retrying a refused auth.
@@ -220,6 +220,10 @@ class PrivateStream:
         self._opener_cancelled = False
         self._opener_base = 0  # the opener's cancel count when open() began
         self._last_pong = 0.0
+        # Whether the peer has answered a ping on this connection (since its subscribe), and
+        # what the supervisor wants called when it first does (see _reconnect_forever).
+        self._answered = False
+        self._on_answered: Callable[[], None] | None = None
         self._req = 0
         self.state = ConnectionState.DISCONNECTED
         self.reconnects = 0
@@ -398,6 +402,7 @@ class PrivateStream:
             raise TransportError(f"websocket closed during {phase}: {closed!r}") from closed
         self.conn_id = reply.conn_id
         self._last_pong = asyncio.get_running_loop().time()
+        self._answered = False
         return ws
 
     def _connect_too_slow(self) -> str:
@@ -459,17 +464,22 @@ class PrivateStream:
         hold_until = 0.0  # (an IP ban's hold: no attempt before then)
         # None until open()'s connection is lost: it belongs to no outage.
         outage: _Outage | None = None
-        # A connection is stable once it has stayed up one ping interval; lost before that, it
-        # ended no outage: a gateway that drops every connection right after the subscribe (a
-        # flapping connection) makes one outage, logged as one. Time, not a first frame: a
-        # gateway may answer the subscribe, even a ping, and drop the connection right after.
-        # By one interval the first ping has gone out, and it is when the backoff starts over,
-        # so "stayed up" means one thing for both.
+        # A connection is stable once it has stayed up one ping interval and the peer has
+        # answered a ping on it; lost before that, it ended no outage: a gateway that drops every
+        # connection right after the subscribe (a flapping connection), or that answers the
+        # subscribe and then nothing (a silent one, cut by the heartbeat after two intervals),
+        # makes one outage, logged as one. Time, because a gateway may answer the subscribe,
+        # even a ping, and drop the connection right after; a pong, because the heartbeat keeps
+        # a connection only while pongs come (§3 Heartbeat), and any other frame (a push, say)
+        # does not keep it. The first ping goes out one interval after the connection came up
+        # and a live peer answers it at once: a healthy connection is stable after about one
+        # interval, which is also when the backoff starts over, so "stable" means one thing for
+        # both.
         stable_for = self._ping_interval
         up_since = loop.time()
-        # The INFO that ends an outage whose connections were lost soon after they came up,
-        # logged once the last one has proven stable (by its timer, or at its loss if that comes
-        # first), dropped if it is lost before.
+        # The INFO that ends an outage whose connections were lost before they proved stable,
+        # logged once the last one has (at its timer, or at its first pong if that comes later,
+        # or at its loss if that comes first), dropped if it is lost before.
         settled: list[Callable[[], None]] = []
         timer: asyncio.TimerHandle | None = None
 
@@ -477,11 +487,17 @@ class PrivateStream:
             if settled:
                 settled.pop()()
 
+        def stayed_up() -> None:  # the timer, stable_for after the connection came up
+            if self._answered:
+                settle()
+            else:
+                self._on_answered = settle  # called by the router at the first pong
+
         try:
             while True:
                 ws = self._ws
                 if ws is not None:
-                    closed = await self._serve(ws)
+                    closed, silent = await self._serve(ws)
                     down_since = loop.time()
                     up_for = down_since - up_since
                     # Compared as the heartbeat compares its ping's time (``now >= start +
@@ -489,23 +505,30 @@ class PrivateStream:
                     # milliseconds (uvloop's), a connection dropped in the millisecond of its first
                     # ping measured 0.19999999999708962 up for an interval of 0.2, and was counted
                     # as lost soon after it came up, the backoff growing on.
-                    stable = down_since >= up_since + stable_for
+                    stable = down_since >= up_since + stable_for and self._answered
+                    self._on_answered = None
                     if timer is not None:
                         timer.cancel()
                         timer = None
-                        if stable:
-                            settle()  # (lost just as its timer fell due)
-                        settled.clear()
-                    # Only a connection that stayed up resets the backoff: one dropped right after
-                    # its handshake meets the growing backoff (§3 Connection limits).
+                    if stable:
+                        settle()  # (lost just as it proved stable, before its timer ran)
+                    settled.clear()
+                    # Only a stable connection resets the backoff: one dropped right after its
+                    # handshake, or silent from then on, meets the growing backoff (§3
+                    # Connection limits: "do not frequently connect and disconnect").
                     if stable:
                         attempt = 0
                     self._ws = None
                     await _close_ws(ws)
+                    if silent:
+                        closed = f"silent for {2 * self._ping_interval:.1f}s (no pong)"
                     if outage is None or stable:
                         # (Scrubbed: the close reason is the peer's text, on a connection that
                         # sent the key.)
-                        log.warning("private stream closed: %s", closed)
+                        if silent:
+                            log.warning("private stream %s; reconnecting", closed)
+                        else:
+                            log.warning("private stream closed: %s", closed)
                         outage = _Outage(down_since)
                     else:
                         outage.lost(down_since, attempt, up_for, closed)
@@ -556,19 +579,22 @@ class PrivateStream:
                 back = outage.reconnected(up_since, attempt, self.conn_id, stable_for)
                 if back is not None:
                     settled.append(back)
-                    timer = loop.call_at(up_since + stable_for, settle)
+                    timer = loop.call_at(up_since + stable_for, stayed_up)
                 self._on_reconnected(back is None)
         finally:
+            self._on_answered = None
             if timer is not None:
                 timer.cancel()
 
-    async def _serve(self, ws: _RoutingConnection) -> str:
+    async def _serve(self, ws: _RoutingConnection) -> tuple[str, bool]:
         """Route frames until the connection dies (closed, reset or silent); return how it
-        ended (the close, scrubbed), which the supervisor logs."""
+        ended (the close, scrubbed), which the supervisor logs, and whether the heartbeat ended
+        it (the peer was silent: no pong for two intervals)."""
         heartbeat = asyncio.get_running_loop().create_task(
             self._heartbeat(ws), name="bybit_cancel.heartbeat"
         )
         route = self._route
+        silent = False
         # From here on, pushes are routed as they are parsed (_RoutingConnection); recv() returns
         # what was queued before (routed here, in order, before any later push), and raises at
         # the end of the connection.
@@ -584,21 +610,23 @@ class PrivateStream:
                 finally:
                     del error  # (not kept by this frame, which its traceback holds)
             # (Scrubbed: the close reason is the peer's text, on a connection that sent the key.)
-            return self._scrub(str(exc))
+            closed = self._scrub(str(exc))
         finally:
             ws.route = None
             heartbeat.cancel()
             try:
-                await heartbeat
+                silent = await heartbeat
             except asyncio.CancelledError:
                 # The heartbeat's own cancellation ends here; a close() cancelling this task
                 # while it waits goes on (swallowed, the supervisor would reconnect and close()
                 # would wait for it forever).
                 if _cancelling():
                     raise
+        return closed, silent
 
-    async def _heartbeat(self, ws: ClientConnection) -> None:
-        """Ping every interval (Bybit recommends 20 s, §3); no pong for two intervals = dead."""
+    async def _heartbeat(self, ws: ClientConnection) -> bool:
+        """Ping every interval (Bybit recommends 20 s, §3); no pong for two intervals = dead:
+        abort the connection and return True (the supervisor logs it)."""
         loop = asyncio.get_running_loop()
         interval = self._ping_interval
         next_ping = loop.time() + interval
@@ -606,17 +634,16 @@ class PrivateStream:
             now = loop.time()
             dead_at = self._last_pong + 2 * interval
             if now >= dead_at:
-                log.warning("private stream silent for %.1fs (no pong); reconnecting", 2 * interval)
                 # Abort: a silent peer would not answer a closing handshake either.
                 ws.transport.abort()
-                return
+                return True
             if now >= next_ping:
                 next_ping = now + interval
                 self._req += 1
                 try:
                     await ws.send(f'{{"req_id":"ping-{self._req}","op":"ping"}}')
                 except ConnectionClosed:
-                    return
+                    return False
                 continue
             await asyncio.sleep(min(next_ping, dead_at) - now)
 
@@ -639,6 +666,11 @@ class PrivateStream:
         # Pong detection as both official SDKs do it: op "pong" or ret_msg "pong" (§3 Heartbeat).
         if msg.op == "pong" or msg.ret_msg == "pong":
             self._last_pong = asyncio.get_running_loop().time()
+            if not self._answered:  # the connection's first pong: half of "stable"
+                self._answered = True
+                answered, self._on_answered = self._on_answered, None
+                if answered is not None:
+                    answered()
         return msg
 
     def _route_odd(self, raw: bytes | bytearray | memoryview | str) -> WsMessage | None:
@@ -662,23 +694,24 @@ class PrivateStream:
 
 
 class _Outage:
-    """The log of one outage of the stream, from the loss of a stable connection to the
-    reconnect that ends it: :meth:`failed` logs each failed attempt, :meth:`lost` each
-    connection lost soon after it came up, :meth:`reconnected` each reconnect (the caller
-    passes the loop's time).
+    """The log of one outage of the stream, from the loss of a stable connection (one that
+    stayed up a ping interval and answered a ping) to the reconnect that ends it: :meth:`failed`
+    logs each failed attempt, :meth:`lost` each connection lost before it proved stable,
+    :meth:`reconnected` each reconnect (the caller passes the loop's time).
 
     A failure that does not go away is logged in full once, as a WARNING, not once per attempt
     for ever: repeats are DEBUG, and at most every ``_STILL_FAILING_EVERY`` seconds a WARNING
     says it goes on, how many attempts failed since the last WARNING and how long the stream
     has been down. A different failure, and each IP ban (one per ``_IP_BAN_HOLD``), is a WARNING
     at once. A connection lost before it proved stable (a gateway that drops every connection
-    right after the subscribe) is a failed attempt of the same outage, not an outage of its own.
+    right after the subscribe, or answers the subscribe and then nothing) is a failed attempt of
+    the same outage, not an outage of its own.
     """
 
     def __init__(self, since: float) -> None:
         self.since = since
-        self.attempts = 0  # failed so far (connections lost soon after they came up included)
-        self.lost_soon = 0  # connections lost soon after they came up
+        self.attempts = 0  # failed so far (connections lost before they proved stable included)
+        self.lost_soon = 0  # connections lost before they proved stable
         self._resynced = False  # a refused auth has made an attempt resync the clock
         self._failure = ""  # the last failure's message, timings masked (_TIMINGS)
         self._warned = since  # when the last WARNING was logged
@@ -735,7 +768,8 @@ class _Outage:
 
     def lost(self, now: float, attempt: int, up_for: float, closed: str) -> None:
         """Log the loss of the connection that reconnect ``attempt`` made, ``up_for`` seconds
-        after it came up (too soon to have ended the outage); ``closed``: how it ended."""
+        after it came up, before it proved stable (too soon, or before it answered a ping: it
+        did not end the outage); ``closed``: how it ended."""
         self.lost_soon += 1
         # (Its time is masked as the handshake's are: losses that differ only there are one.)
         error = f"connection lost {up_for:.2f}s after it came up: {closed}"
@@ -745,10 +779,10 @@ class _Outage:
         self, now: float, attempt: int, conn_id: str, stable_for: float
     ) -> Callable[[], None] | None:
         """Log reconnect ``attempt``, which got through. Its INFO line says how long the stream
-        was down and how many attempts it took. After a connection of this outage was lost soon
-        after it came up, this one may go the same way: the line is DEBUG now, and the INFO is
-        returned, for the caller to log once the connection has stayed up ``stable_for``
-        seconds (and to drop if it is lost before)."""
+        was down and how many attempts it took. After a connection of this outage was lost before
+        it proved stable, this one may go the same way: the line is DEBUG now, and the INFO is
+        returned, for the caller to log once the connection has proved stable, having stayed up
+        ``stable_for`` seconds and answered a ping (and to drop if it is lost before)."""
         message = (
             "private stream reconnected and subscribed to order (conn_id %s) after %s down and %s"
         )
@@ -763,7 +797,8 @@ class _Outage:
         log.debug("%s; not yet stable (reconnect %d)", message % args, attempt)
         lost = "1 connection" if self.lost_soon == 1 else f"{self.lost_soon} connections"
         stable = (
-            message + " (%s lost within %s of coming up; this one has stayed up)",
+            message + " (%s lost before proving stable; this one has stayed up %s and answered a "
+            "ping)",
             *args,
             lost,
             _duration(stable_for),

@@ -276,9 +276,63 @@ async def test_a_flapping_connection_is_one_outage(
     assert re.fullmatch(
         r"private stream reconnected and subscribed to order \(conn_id \S+\) after "
         rf"\d+\.\d s down and {len(losses) + 1} attempts \({len(losses)} connections lost "
-        r"within 1\.0 s of coming up; this one has stayed up\)",
+        r"before proving stable; this one has stayed up 1\.0 s and answered a ping\)",
         back[1].getMessage(),
     ), back[1].getMessage()
+    assert len(again) == 3 and again[2].getMessage().endswith(" down and 1 attempt")
+    assert client_tasks() == []
+
+
+async def test_a_silent_gateway_is_one_outage_under_a_growing_backoff(
+    fx: FakeExchange, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway that answers the subscribe and then goes silent (no pong): each connection
+    stayed up until the heartbeat gave up after two ping intervals, so it counted as stable:
+    a reconnect INFO, a "silent" WARNING and a "closed" WARNING per connection, and the backoff
+    started over each time. Stable now also means the peer answered a ping: the silent
+    connections are failed attempts of one outage (one WARNING, then DEBUG), numbered on under
+    the growing backoff; the INFO comes once a connection answers, and a connection that has
+    proved stable is a WARNING at once when it is lost, its next reconnect quick again."""
+    lost = re.compile(r"private stream reconnect (\d+) failed: connection lost \d+\.\d+s after")
+    with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+        async with (
+            asyncio.timeout(20),
+            make_client(fx, ping_interval=0.2, reconnect_backoff=(0.001, 0.002)) as client,
+        ):
+            fx.stall_after_subscribe = True
+            await fx.disconnect_all()
+            await wait_until(lambda: len(messages(caplog, "(no pong)")) >= 4, timeout=10)
+            fx.stall_after_subscribe = False
+            await wait_until(lambda: bool(messages(caplog, "has stayed up")), timeout=10)
+            losses = [r for r in caplog.records if lost.match(r.getMessage())]
+            silent = messages(caplog, "(no pong)")
+            closed = messages(caplog, "private stream closed")
+            back = [r for r in messages(caplog, "reconnected") if r.levelname == "INFO"]
+            # The connection that proved stable is lost: a WARNING at once, a new outage, and
+            # the backoff starts over.
+            await fx.disconnect_all()
+            await wait_until(lambda: len(messages(caplog, "private stream closed")) == 2)
+            reconnects = client.reconnect_count
+            await wait_until(lambda: client.reconnect_count == reconnects + 1)
+            again = [r for r in messages(caplog, "reconnected") if r.levelname == "INFO"]
+    assert [r.levelname for r in closed] == ["WARNING"]
+    # Every silent connection is a failed attempt: no "private stream silent" line of its own.
+    assert silent == losses and len(losses) >= 4
+    assert all(r.getMessage().endswith("silent for 0.4s (no pong)") for r in losses)
+    assert [r.levelname for r in losses] == ["WARNING"] + ["DEBUG"] * (len(losses) - 1)
+    # Attempts are numbered on (the backoff did not start over): no connection was stable.
+    numbers = [int(lost.match(r.getMessage())[1]) for r in losses]  # type: ignore[index]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert len(back) == 2, [r.getMessage() for r in back]
+    assert re.search(r"after \d+\.\d s down and 1 attempt$", back[0].getMessage())
+    assert (
+        back[1]
+        .getMessage()
+        .endswith(
+            f" down and {len(losses) + 1} attempts ({len(losses)} connections lost before proving "
+            "stable; this one has stayed up 0.2 s and answered a ping)"
+        )
+    )
     assert len(again) == 3 and again[2].getMessage().endswith(" down and 1 attempt")
     assert client_tasks() == []
 

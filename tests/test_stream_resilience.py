@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -114,7 +115,10 @@ class PrivateEndpoint:
     """A /v5/private on 127.0.0.1 that acks auth and subscribe in Bybit's private dialect
     (tests/fixtures/bybit/ws-private/) and then, per connection, as its plan says:
     "flap" closes right after the subscribe ack, "ping" closes on the first ping (so the
-    connection outlived a ping interval), "hold" stays up answering pings, "echo" refuses the
+    connection outlived a ping interval, but answered no ping), "pong" answers the first ping
+    and then closes (it outlived a ping interval and answered one: it proved stable), "mute"
+    answers no ping and stays open (a silent gateway: the client's heartbeat cuts it), "hold"
+    stays up answering pings, "echo" refuses the
     auth with a ret_msg that quotes the request's arguments, API key included; "echo-sub" does
     the same to the subscribe (quoting the auth's), and "close-key" closes the connection at
     the auth with a close reason that quotes the API key."""
@@ -155,8 +159,12 @@ class PrivateEndpoint:
             if op == "ping":
                 if mode == "ping":
                     break
+                if mode == "mute":
+                    continue
                 pong = {"req_id": req_id, "op": "pong", "args": [str(time.time_ns() // 10**6)]}
                 await ws.send_str(json.dumps({**pong, "conn_id": conn_id}))
+                if mode == "pong":
+                    break
                 continue
             if op == "auth":
                 auth_args = msg["args"]
@@ -223,18 +231,18 @@ async def test_a_close_reason_quoting_the_api_key_does_not_carry_it() -> None:
 async def test_a_server_dropping_every_fresh_connection_meets_a_growing_backoff() -> None:
     """A server that completes auth and subscribe, then drops the socket at once, was
     reconnected every 50-100 ms for ever (§3 Connection limits: "Do not frequently connect
-    and disconnect"). Only a connection that stayed up a ping interval resets the backoff, and
-    the first reconnect after it is quick again."""
+    and disconnect"). Only a connection that stayed up a ping interval and answered a ping
+    resets the backoff, and the first reconnect after it is quick again."""
     base = 0.004
     rng = RecordingRandom(5)
     failures: list[BybitError] = []
-    async with PrivateEndpoint(["flap"] * 5 + ["ping"]) as server:
+    async with PrivateEndpoint(["flap"] * 5 + ["pong"]) as server:
         stream = make_stream(
             server.url, rng, backoff=(base, 1.0), ping_interval=0.2, on_failed=failures.append
         )
         await stream.open()
         try:
-            # connections 0-4 flap, 5 lives one ping interval, 6 holds
+            # connections 0-4 flap, 5 lives one ping interval and answers its ping, 6 holds
             await wait_until(lambda: stream.reconnects >= 6 or bool(failures), timeout=10)
             assert failures == []
             caps = [high for _, high in rng.bounds]
@@ -290,7 +298,7 @@ async def test_a_connection_lost_at_its_first_ping_stayed_up_on_a_coarse_clock()
     rng = RecordingRandom(5)
     failures: list[BybitError] = []
     loop = asyncio.get_running_loop()
-    async with PrivateEndpoint(["flap", "flap", "ping"]) as server:
+    async with PrivateEndpoint(["flap", "flap", "pong"]) as server:
         # (From any time between 65536 s and 131072 s, "0.2 s later" reads 0.19999999999708962
         # later: the spacing of doubles there.)
         with coarse_clock(loop, 100_000.0):
@@ -299,13 +307,65 @@ async def test_a_connection_lost_at_its_first_ping_stayed_up_on_a_coarse_clock()
             )
             await stream.open()
             try:
-                # connections 0-1 flap, 2 lives one ping interval, 3 holds
+                # connections 0-1 flap, 2 answers its first ping and closes, 3 holds
                 await wait_until(lambda: stream.reconnects >= 3 or bool(failures), timeout=10)
                 assert failures == []
                 assert [high for _, high in rng.bounds] == pytest.approx([base, 2 * base, base])
                 assert server.connections == 4
             finally:
                 await stream.close()
+    assert client_tasks() == []
+
+
+async def test_a_silent_gateway_meets_a_growing_backoff_as_one_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gateway that answers the subscribe and then nothing (no pong) keeps each connection up
+    until the heartbeat gives up after two ping intervals: longer than the one interval that
+    made a connection stable, so each was a new outage (a "silent" and a "closed" WARNING, a
+    reconnect INFO) and reset the backoff, reconnecting every two intervals at full speed (§3
+    Connection limits). A connection is stable only once it has also answered a ping: the
+    silent ones meet a growing backoff and are failed attempts of one outage; one that answers
+    its ping resets the backoff."""
+    base = 0.004
+    rng = RecordingRandom(5)
+    failures: list[BybitError] = []
+    # connection 0 answers its ping (then closes), 1-3 are silent, 4 answers its ping, 5 holds
+    plan = ["pong", "mute", "mute", "mute", "pong"]
+    with caplog.at_level(logging.DEBUG, logger="bybit_cancel"):
+        async with asyncio.timeout(20), PrivateEndpoint(plan) as server:
+            stream = make_stream(
+                server.url, rng, backoff=(base, 1.0), ping_interval=0.1, on_failed=failures.append
+            )
+            await stream.open()
+            try:
+                await wait_until(lambda: stream.reconnects >= 5 or bool(failures), timeout=10)
+            finally:
+                await stream.close()
+    assert failures == []
+    assert server.connections == 6
+    caps = [high for _, high in rng.bounds]
+    assert caps == pytest.approx([base, 2 * base, 4 * base, 8 * base, base])
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "bybit_cancel"]
+    warnings = [m for level, m in records if level == "WARNING"]
+    assert len(warnings) == 3, warnings
+    assert warnings[0].startswith("private stream closed: ")
+    assert warnings[1].startswith("private stream reconnect 1 failed: connection lost ")
+    assert warnings[1].endswith(" after it came up: silent for 0.2s (no pong)")
+    assert warnings[2].startswith("private stream closed: ")
+    silent = [(level, m) for level, m in records if m.endswith("silent for 0.2s (no pong)")]
+    assert [level for level, _ in silent] == ["WARNING", "DEBUG", "DEBUG"]
+    assert [m.split(" failed")[0] for _, m in silent] == [
+        f"private stream reconnect {n}" for n in (1, 2, 3)
+    ]
+    back = [m for level, m in records if level == "INFO" and "reconnected" in m]
+    assert len(back) == 3, back
+    assert back[0].endswith(" down and 1 attempt")
+    assert back[1].endswith(
+        " down and 4 attempts (3 connections lost before proving stable; this one has stayed "
+        "up 0.1 s and answered a ping)"
+    )
+    assert back[2].endswith(" down and 1 attempt")
     assert client_tasks() == []
 
 
