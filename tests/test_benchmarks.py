@@ -100,6 +100,17 @@ def test_chaos() -> None:
     assert "PASS 100% correct" in out and "PASS 0 hung" in out, out
 
 
+def test_soak() -> None:
+    """A tiny soak: every window's cancels must still be right, and the table and each
+    verdict printed (a few windows are too few for the flatness verdicts to mean anything)."""
+    out = run_script(
+        "benchmarks/soak.py", "--windows", "3", "-n", "30", "--drop-every", "2", "--tracemalloc"
+    )
+    assert "RSS KiB" in out and "tracemalloc slope" in out and "open fds net of them" in out, out
+    assert "PASS every cancel correct, none hung" in out, out
+    assert_verdicts(out, 3)
+
+
 def test_bytecodes() -> None:
     out = run_script("benchmarks/bytecodes.py", "-n", "5", "--warmup", "2", "--top", "3")
     assert "bybit_cancel" in out and "floor" in out and "\ntotal " in out, out
@@ -144,6 +155,7 @@ def test_icache_dry() -> None:
         (("benchmarks/scale.py", "--rounds", "2.5"), "--rounds: not a whole number: '2.5'"),
         (("benchmarks/chaos.py", "--rate", "nan"), "--rate: must be from 0 to 1, got nan"),
         (("benchmarks/chaos.py", "--timeout", "inf"), "--timeout: must be a positive number"),
+        (("benchmarks/soak.py", "--windows", "0"), "--windows: must be at least 1, got 0"),
         (("benchmarks/bytecodes.py", "--push", "10", "-n", "15"), "-n must be a multiple of"),
     ],
 )
