@@ -48,7 +48,7 @@ from ._models import (
     orders_envelope_decoder,
     server_time_decoder,
 )
-from ._signing import Credentials, RestSigner, scrub_key
+from ._signing import Credentials, RestSigner, scrub_key, scrubbed_snippet
 
 __all__ = ["Clock", "RateLimiter", "RestClient", "RestStats"]
 
@@ -552,9 +552,7 @@ class RestClient:
     def _snippet(self, body: bytes) -> str:
         """The start of an answer, for an error: the API key scrubbed, should a server (a proxy,
         a gateway's error page) echo the request's headers."""
-        # (Scrubbed before it is cut, so that a key across the cut is not left half shown.)
-        text = body[: 200 + len(self._api_key)].decode("utf-8", "replace")
-        return scrub_key(text, self._api_key)[:200]
+        return scrubbed_snippet(body, self._api_key)
 
     def _api_error(self, ret_code: int, ret_msg: str) -> BybitAPIError:
         # A 10004 retMsg echoes the API key (scrub_key); the error shows it as the repr does.

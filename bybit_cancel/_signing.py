@@ -99,6 +99,21 @@ def scrub_key(text: str, api_key: str) -> str:
     return text
 
 
+def scrubbed_start(text: str, api_key: str, limit: int) -> str:
+    """The first ``limit`` characters of ``text`` (a peer's words, for an error), the API key
+    scrubbed (:func:`scrub_key`) before the cut, so that a key across the cut is not left half
+    shown. Error paths only."""
+    return scrub_key(text[: limit + len(api_key)], api_key)[:limit]
+
+
+def scrubbed_snippet(body: bytes, api_key: str, limit: int = 200) -> str:
+    """The start of an answer's body as text, for an error: :func:`scrubbed_start` of it. (A
+    character takes up to 4 bytes of UTF-8: a cut counted in bytes could end inside a key that
+    starts before ``limit`` characters, behind multi-byte ones.)"""
+    text = body[: 4 * (limit + len(api_key))].decode("utf-8", "replace")
+    return scrubbed_start(text, api_key, limit)
+
+
 class RestSigner:
     """Signs REST requests for one key and ``recv_window``: the constant headers and the constant
     middle of the signed string are built once, so a request copies a small dict and signs

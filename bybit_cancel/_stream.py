@@ -35,7 +35,7 @@ from ._exceptions import (
     TransportError,
 )
 from ._models import WireOrder, WsMessage, encoder, ws_decoder
-from ._signing import Credentials, scrub_key, ws_auth_args
+from ._signing import Credentials, scrub_key, scrubbed_snippet, scrubbed_start, ws_auth_args
 
 __all__ = ["ConnectionState", "PrivateStream"]
 
@@ -358,7 +358,7 @@ class PrivateStream:
         except (OSError, InvalidHandshake, InvalidURI) as exc:  # (TimeoutError is an OSError)
             if limit.expired():  # ours; not, say, the system's own connect timeout (ETIMEDOUT)
                 raise TransportError(self._connect_too_slow()) from exc
-            raise TransportError(self._scrub(_connect_failure(exc))) from exc
+            raise TransportError(_connect_failure(exc, self._creds.api_key)) from exc
         ws = cast(_RoutingConnection, ws)  # (create_connection above)
         connected = loop.time()
         if connected >= deadline:
@@ -828,12 +828,13 @@ def _ip_banned(exc: BaseException) -> bool:
     return isinstance(cause, InvalidStatus) and cause.response.status_code == 403
 
 
-def _connect_failure(exc: Exception) -> str:
-    """The message of a failed websocket connect. A redirect is named as such: it is refused,
-    never followed (_NoRedirectConnect)."""
+def _connect_failure(exc: Exception, api_key: str) -> str:
+    """The message of a failed websocket connect, the API key scrubbed (the peer's text may echo
+    it) before each part is cut. A redirect is named as such: it is refused, never followed
+    (_NoRedirectConnect)."""
     if isinstance(exc, InvalidStatus) and 300 <= exc.response.status_code < 400:
         location = exc.response.headers.get_all("Location")
-        target = f" to {location[0]!r:.200}" if location else ""
+        target = f" to {scrubbed_start(repr(location[0]), api_key, 200)}" if location else ""
         return (
             f"websocket connect redirected (HTTP {exc.response.status_code}{target}): not "
             "followed, a redirect would take the auth elsewhere"
@@ -842,13 +843,13 @@ def _connect_failure(exc: Exception) -> str:
         # The status and the start of the body, where Bybit puts its reason (a 403's "access too
         # frequent", §7): the repr would carry the whole response, headers first.
         response = exc.response
-        body = bytes(response.body or b"")[:200].decode("utf-8", "replace")
+        body = scrubbed_snippet(bytes(response.body or b""), api_key)
         return (
             f"websocket upgrade refused (HTTP {response.status_code} "
             f"{response.reason_phrase}): {body!r}"
         )
     # (Capped: a handshake error's repr can carry the whole HTTP response, body included.)
-    return f"websocket connect failed: {exc!r:.300}"
+    return f"websocket connect failed: {scrubbed_start(repr(exc), api_key, 300)}"
 
 
 def _cancelling() -> bool:

@@ -523,14 +523,15 @@ async def test_no_auth_signature_behind_a_send_that_fails() -> None:
         await runner.cleanup()
 
 
-@pytest.mark.parametrize("before", [0, 190])
-async def test_an_error_page_echoing_the_api_key_does_not_show_it(before: int) -> None:
+@pytest.mark.parametrize("before", ["", "x" * 190, "\u00e9" * 101], ids=["0", "190", "wide"])
+async def test_an_error_page_echoing_the_api_key_does_not_show_it(before: str) -> None:
     """A gateway or proxy error page may echo the request's headers: the HTTPStatusError built
     from its start shows the key as the client's repr does, also when the key straddles where
-    the snippet is cut (190: it runs past character 200)."""
+    the snippet is cut (190: it runs past character 200), or starts before character 200 but
+    past byte 200, behind multi-byte characters ("wide")."""
 
     async def echo(request: web.Request) -> web.Response:
-        text = "x" * before + request.headers["X-BAPI-API-KEY"] + " was refused"
+        text = before + request.headers["X-BAPI-API-KEY"] + " was refused"
         return web.Response(status=400, text=text)
 
     runner, host = await serve(echo)
@@ -544,7 +545,7 @@ async def test_an_error_page_echoing_the_api_key_does_not_show_it(before: int) -
     shown = str(info.value) + repr(info.value)
     assert info.value.status == 400
     assert KEY not in shown and KEY[:8] not in shown, shown
-    assert "x" * min(before, 10) in shown  # the page itself is still shown
+    assert before[:10] in shown  # the page itself is still shown
 
 
 @pytest.mark.parametrize("which", ["rest_url", "ws_url"])
@@ -553,3 +554,29 @@ def test_a_url_with_a_user_and_password_is_refused_without_showing_them(which: s
     with pytest.raises(ValueError, match=f"{which} must not carry a user or password") as info:
         resolve_urls(testnet=False, demo=False, **{"rest_url": None, "ws_url": None, which: url})
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("refusal", ["status", "redirect"])
+async def test_a_refused_upgrade_echoing_the_api_key_does_not_show_it(refusal: str) -> None:
+    """A refused websocket upgrade's body, or a redirect's Location, may echo the request (its
+    URL, a header): the TransportError shows its start with the key scrubbed, also when the key
+    straddles where that start is cut (it was cut first, and half a key was left to show)."""
+    key = "a-key-of-18-chars!"
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        if refusal == "redirect":
+            raise web.HTTPFound("http://elsewhere/" + "x" * 170 + key)
+        return web.Response(status=400, text="x" * 190 + key + " refused")
+
+    runner, host = await serve(refuse)
+    stream = stream_to(f"ws://{host}/v5/private")
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(TransportError) as info:
+                await stream.open()
+    finally:
+        await stream.close()
+        await runner.cleanup()
+    shown = str(info.value) + repr(info.value)
+    assert "x" * 20 in shown  # the refusal itself is still shown
+    assert key[:8] not in shown, shown
