@@ -68,7 +68,8 @@ _LOOPS_SEEN: dict[str, int] = {}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Every async test (and only those: a sync test must not get a loop it did not ask for) runs
-    # _check_test_loop first. Appending to fixturenames is how pytest-asyncio adds its runner.
+    # _check_test_loop first (inserted at the front of its fixturenames, as pytest-asyncio adds its
+    # own to that list).
     for item in items:
         if pytest_asyncio.is_async_test(item):
             item.fixturenames.insert(0, _check_test_loop.__name__)

@@ -287,13 +287,14 @@ def coarse_clock(loop: asyncio.AbstractEventLoop, start: float) -> Iterator[None
 
 
 @asyncio_loop_only("the coarse clock replaces the loop's time() and its selector's select()")
-async def test_a_connection_lost_at_its_first_ping_stayed_up_on_a_coarse_clock() -> None:
-    """uvloop's clock counts whole milliseconds: a server that drops the connection on its first
-    ping often does so in the millisecond the ping went out. The ping had gone out because one
-    ping interval had passed since the connection came up, but ``down - up`` came out below it
-    (87185.322 - 87185.122 == 0.19999999999708962 < 0.2) and the connection counted as lost
-    soon after it came up: the backoff went on growing (the test above failed on uvloop in about
-    one run in four). Here asyncio's loop is given such a clock, where that happens every time."""
+async def test_a_connection_lost_at_its_first_pong_stayed_up_on_a_coarse_clock() -> None:
+    """uvloop's clock counts whole milliseconds: a server that answers the connection's first
+    ping and drops it often does so in the millisecond the ping went out. The ping had gone out
+    because one ping interval had passed since the connection came up, but ``down - up`` came
+    out below it (87185.322 - 87185.122 == 0.19999999999708962 < 0.2) and the connection counted
+    as lost soon after it came up: the backoff went on growing (the test above failed on uvloop
+    in about one run in four). Here asyncio's loop is given such a clock, where that happens
+    every time."""
     base = 0.004
     rng = RecordingRandom(5)
     failures: list[BybitError] = []
