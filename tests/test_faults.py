@@ -1489,6 +1489,7 @@ async def test_aclose_ends_a_stream_whose_clock_resync_swallowed_the_cancel(
     async with aiohttp.ClientSession() as session:
         holder = _HoldsServerTime(session)
         client = await _client_through(fx, holder, reconnect_backoff=(0.02, 0.2))
+        closing: asyncio.Task[None] | None = None
         try:
             fx.refuse_auth = True
             await fx.disconnect_all()
@@ -1500,7 +1501,8 @@ async def test_aclose_ends_a_stream_whose_clock_resync_swallowed_the_cancel(
             assert client.connection_state is ConnectionState.CLOSED
         finally:
             fx.refuse_auth = False
-            closing.cancel()
+            if closing is not None:  # (unset when an earlier step failed)
+                closing.cancel()
             await asyncio.wait_for(client.aclose(), 5)
     assert client_tasks() == []
 
