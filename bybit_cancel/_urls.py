@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from yarl import URL
 
 __all__ = ["resolve_urls"]
@@ -31,7 +33,10 @@ def resolve_urls(
         # (Not a str: bytes or a number failed below with a TypeError or AttributeError.)
         if not isinstance(url, str):
             raise ValueError(f"{name} must be a str or None, got {url!r}")
-        if "@" in url.partition("://")[2].partition("/")[0]:
+        # The authority: after the scheme (if any: a URL without one is refused below, echoed),
+        # up to the path, query or fragment (an "@" there is no user).
+        authority = re.split(r"[/?#]", url.split("://", 1)[-1], maxsplit=1)[0]
+        if "@" in authority:
             # A user and password in the URL: Bybit uses none, and they would show wherever the
             # URL does (the client's repr, logs, these errors). Not echoed here either.
             raise ValueError(f"{name} must not carry a user or password")

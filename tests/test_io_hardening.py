@@ -556,6 +556,16 @@ def test_a_url_with_a_user_and_password_is_refused_without_showing_them(which: s
     assert "hunter2" not in str(info.value)
 
 
+def test_a_user_and_password_is_found_without_a_scheme_and_only_before_the_path() -> None:
+    """Without a scheme, the user and password were let through to the scheme's error, which
+    echoes the URL; an "@" in a query with no path before it was taken for a user."""
+    with pytest.raises(ValueError, match="rest_url must not carry a user or password") as info:
+        resolve_urls(testnet=False, demo=False, rest_url="me:hunter2@127.0.0.1", ws_url=None)
+    assert "hunter2" not in str(info.value)
+    _, ws = resolve_urls(testnet=False, demo=False, rest_url=None, ws_url="wss://h?to=a@b")
+    assert ws == "wss://h?to=a@b"
+
+
 @pytest.mark.parametrize("refusal", ["status", "redirect"])
 async def test_a_refused_upgrade_echoing_the_api_key_does_not_show_it(refusal: str) -> None:
     """A refused websocket upgrade's body, or a redirect's Location, may echo the request (its
