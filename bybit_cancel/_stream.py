@@ -484,7 +484,9 @@ class PrivateStream:
         timer: asyncio.TimerHandle | None = None
 
         def settle() -> None:
-            if settled:
+            # (Not once close() has begun: its timer or the first pong may come in the turn
+            # before this task's finally drops them.)
+            if settled and self.state is not ConnectionState.CLOSED:
                 settled.pop()()
 
         def stayed_up() -> None:  # the timer, stable_for after the connection came up
@@ -670,7 +672,9 @@ class PrivateStream:
                 self._answered = True
                 answered, self._on_answered = self._on_answered, None
                 if answered is not None:
-                    answered()
+                    # The deferred reconnect INFO, once per outage: off the router's own turn,
+                    # which logs nothing above DEBUG.
+                    asyncio.get_running_loop().call_soon(answered)
         return msg
 
     def _route_odd(self, raw: bytes | bytearray | memoryview | str) -> WsMessage | None:
