@@ -168,7 +168,12 @@ def _check_options(
         raise ValueError(
             f"timeout must be a positive number of seconds, at most 1e9, got {timeout!r}"
         )
-    if on_ack is not None and (not callable(on_ack) or inspect.iscoroutinefunction(on_ack)):
+    if on_ack is not None and (
+        not callable(on_ack)
+        or inspect.iscoroutinefunction(on_ack)
+        # (an object whose __call__ is async)
+        or inspect.iscoroutinefunction(type(on_ack).__call__)
+    ):
         # Refused here: called only once Bybit has acknowledged, it would fail the call after
         # the cancel was sent; an async one would be called and its coroutine never run.
         if callable(on_ack):
@@ -590,7 +595,16 @@ class BybitCancelClient:
         entry.owner = None
         entry._flags |= ACKNOWLEDGED
         if on_ack is not None:
-            on_ack(ack.order_id, ack.order_link_id)
+            returned: object = on_ack(ack.order_id, ack.order_link_id)
+            if returned is not None and inspect.iscoroutine(returned):
+                # A plain function returning a coroutine (a lambda around an async one): not
+                # told from a plain one before the call. Its coroutine would never run; closed,
+                # it raises as on_ack's own error would (Bybit has acknowledged the cancel).
+                returned.close()
+                raise TypeError(
+                    "on_ack returned a coroutine, which is never awaited: on_ack is called "
+                    "synchronously; the cancel was acknowledged"
+                )
         if entry.final is None and entry.error is None:
             # Learns the order id (a cancel by link id); sets `final` if the push beat the ack.
             self._tracker.acknowledge(

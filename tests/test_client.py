@@ -7,6 +7,7 @@ import contextvars
 import gc
 import logging
 import types
+import warnings
 from collections.abc import Awaitable
 from decimal import Decimal
 from typing import Any
@@ -725,3 +726,59 @@ async def test_an_unreadable_push_does_not_outlive_bybits_readable_answer(
         result = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
     assert result.status is OrderStatus.CANCELLED and result.source == "rest"
     assert result.cum_exec_qty == 0
+
+
+class _AsyncCall:
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    async def __call__(self, order_id: str, order_link_id: str) -> None:
+        self.ran.append(order_id)
+
+
+async def test_an_object_with_an_async_call_is_refused_as_on_ack(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """An object whose ``__call__`` is ``async def`` is an async on_ack too: refused before
+    anything is sent (iscoroutinefunction of the object itself says no)."""
+    o = fx.seed_order()
+    before = len(fx.requests)
+    with pytest.raises(ValueError, match="on_ack is called synchronously"):
+        await asyncio.wait_for(
+            client.cancel_order(
+                category="linear",
+                symbol="BTCUSDT",
+                order_id=o.order_id,
+                on_ack=_AsyncCall(),  # type: ignore[arg-type]
+            ),
+            5,
+        )
+    assert len(fx.requests) == before and fx.order(o.order_id).status == "New"
+
+
+async def test_an_on_ack_returning_a_coroutine_is_a_clear_error(
+    fx: FakeExchange, client: BybitCancelClient
+) -> None:
+    """A plain function that returns a coroutine (a lambda around an async function) cannot be
+    told before the call: its coroutine is closed, not left to warn "never awaited", and the call
+    raises a TypeError that says so, as any error of on_ack's own does once Bybit acknowledged."""
+    o = fx.seed_order()
+    target = _AsyncCall()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TypeError, match="on_ack returned a coroutine"):
+            await asyncio.wait_for(
+                client.cancel_order(
+                    category="linear",
+                    symbol="BTCUSDT",
+                    order_id=o.order_id,
+                    on_ack=lambda oid, link: target(oid, link),  # type: ignore[arg-type]
+                ),
+                5,
+            )
+        gc.collect()
+    # (No "coroutine ... was never awaited": it was closed.)
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert target.ran == []
+    # The cancel itself went out and was acknowledged: the order ends cancelled on the fake.
+    await wait_until(lambda: fx.order(o.order_id).status == "Cancelled", timeout=5)
