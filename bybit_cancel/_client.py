@@ -499,8 +499,9 @@ class BybitCancelClient:
         ``Deactivated`` when the cancel took effect, ``Filled`` or ``Rejected`` when the order ended
         otherwise first (``result.cancelled`` tells them apart). ``order_id`` wins when both ids
         are given, as on Bybit. ``on_ack``, if given, is called with ``(order_id, order_link_id)``
-        when Bybit acknowledges the request (which is not yet the outcome); an exception it raises
-        propagates out of this call.
+        when Bybit acknowledges the request with retCode 0 (which is not yet the outcome); it is
+        called synchronously, so an ``async def`` one is refused, and one that returns a
+        coroutine raises ``TypeError``; an exception it raises propagates out of this call.
 
         Cancelling the awaiting task is safe: the pending entry is removed and nothing is left
         behind. The cancel request itself may already have reached Bybit.
