@@ -16,8 +16,18 @@ from bybit_cancel.testing import FakeExchange, Fault
 from .conftest import KEY, SECRET
 
 
+def _ctrl_c_as_from_a_terminal() -> None:
+    """Run in the child before the exec: SIGINT back to its default, as a shell gives it to a
+    foreground command. A test run started with SIGINT ignored (a background job of a shell
+    without job control, `cmd &` in a script) passes SIG_IGN on to every child, and Python and
+    the CLI keep it, as they should: the SIGINT test then waited out the 10 s handshake timeout
+    and saw exit 1 (TransportError, on stdout with --json) instead of 130."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def spawn_cli(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    """`python -m bybit_cancel ARGS` with only the given BYBIT_* variables, its output piped."""
+    """`python -m bybit_cancel ARGS` with only the given BYBIT_* variables, its output piped,
+    and Ctrl-C (SIGINT) not ignored whatever this process inherited."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BYBIT_")}
     full_env.update(env or {})
     return await asyncio.create_subprocess_exec(
@@ -28,6 +38,7 @@ async def spawn_cli(*args: str, env: dict[str, str] | None = None) -> asyncio.su
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
+        preexec_fn=None if sys.platform == "win32" else _ctrl_c_as_from_a_terminal,
     )
 
 
@@ -265,13 +276,28 @@ async def test_json_bad_input_is_json(argv_extra: list[str], env: dict[str, str]
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize(
-    ("sig", "code", "name"), [("SIGINT", 130, "Interrupted"), ("SIGTERM", 143, "Terminated")]
+    ("sig", "code", "name", "ignored"),
+    [
+        pytest.param("SIGINT", 130, "Interrupted", False, id="SIGINT"),
+        pytest.param("SIGTERM", 143, "Terminated", False, id="SIGTERM"),
+        # As if this test run had started with SIGINT ignored (_ctrl_c_as_from_a_terminal).
+        pytest.param("SIGINT", 130, "Interrupted", True, id="SIGINT-inherited-ignored"),
+    ],
 )
-async def test_a_signal_closes_the_client_and_exits_cleanly(sig: str, code: int, name: str) -> None:
+async def test_a_signal_closes_the_client_and_exits_cleanly(
+    sig: str, code: int, name: str, ignored: bool
+) -> None:
     """Ctrl-C or SIGTERM while connecting: the client is closed, one JSON line, no traceback,
     exit 130 or 143 (SIGTERM used to kill it without closing anything)."""
     async with Blackhole() as hole:
-        proc = await spawn_cli(*hole.args("--timeout", "20", "--json"), env=CREDS)
+        before = signal.getsignal(signal.SIGINT)
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # (only while spawning: inherited)
+        try:
+            proc = await spawn_cli(*hole.args("--timeout", "20", "--json"), env=CREDS)
+        finally:
+            if ignored and before is not None:
+                signal.signal(signal.SIGINT, before)
         await asyncio.wait_for(hole.accepted.wait(), 15)  # it is connecting now
         proc.send_signal(getattr(signal, sig))
         out, err = await asyncio.wait_for(proc.communicate(), 15)
