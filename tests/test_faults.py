@@ -1116,24 +1116,21 @@ def _taken_back() -> TimeoutError:
     return TimeoutError()
 
 
-class _SwallowsOneCancel:
-    """Stands in for the client's aiohttp session: POSTs never get an answer, and the first
-    cancel that reaches one is taken back and turned into a TimeoutError. aiohttp 3.14 does
-    that when its own timeout (`http_timeout`) fires in the same turn of the loop as another
-    cancel: the request sits in two nested `with timer:` blocks of one TimerContext, and each
-    block's exit calls `uncancel()`, so both cancels are taken back. GETs go to the session."""
+class _TakesBackOneCancel:
+    """A stand-in for the client's aiohttp session whose held requests (the subclass says
+    which) never get an answer, and the first cancel that reaches one is taken back and turned
+    into a TimeoutError. aiohttp 3.14 does that when its own timeout (`http_timeout`) fires in
+    the same turn of the loop as another cancel: the request sits in two nested `with timer:`
+    blocks of one TimerContext, and each block's exit calls `uncancel()`, so both cancels are
+    taken back. ``entered`` is set once a held request has begun."""
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
         self.swallowed = 0
-
-    def get(self, *args: Any, **kwargs: Any) -> Any:
-        return self._session.get(*args, **kwargs)
-
-    def post(self, *_: Any, **__: Any) -> _SwallowsOneCancel:
-        return self
+        self.entered = asyncio.Event()
 
     async def __aenter__(self) -> None:
+        self.entered.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -1146,9 +1143,19 @@ class _SwallowsOneCancel:
         return None
 
 
+class _SwallowsOneCancel(_TakesBackOneCancel):
+    """Holds every POST (the cancel requests); GETs go to the session."""
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session.get(*args, **kwargs)
+
+    def post(self, *_: Any, **__: Any) -> _SwallowsOneCancel:
+        return self
+
+
 async def _client_through(
     fx: FakeExchange,
-    stand_in: _SwallowsOneCancel | _HoldsLookups | _HoldsServerTime,
+    stand_in: _TakesBackOneCancel | _HoldsLookups,
     **options: Any,
 ) -> BybitCancelClient:
     """An open client whose REST requests go through ``stand_in`` (a stand-in for its session,
@@ -1268,7 +1275,7 @@ class _HoldsLookups:
     """Stands in for the client's aiohttp session: ``GET /v5/order/realtime`` (the reconcile's
     first lookup) never gets an answer, and a cancel that reaches one is taken back and turned
     into a TimeoutError, as aiohttp 3.14 does when its own timeout fires in the same turn (see
-    _SwallowsOneCancel): the first ``swallow`` cancels, or every one when None. Everything else,
+    _TakesBackOneCancel): the first ``swallow`` cancels, or every one when None. Everything else,
     and everything once released, goes to the session."""
 
     def __init__(self, session: aiohttp.ClientSession, swallow: int | None = 1) -> None:
@@ -1444,17 +1451,9 @@ async def test_a_reconcile_lookup_ends_though_its_own_timeout_was_swallowed(
     assert client_tasks() == []
 
 
-class _HoldsServerTime:
-    """Stands in for the client's aiohttp session: ``GET /v5/market/time`` (the clock resync
-    the stream runs after a refused auth) never gets an answer, and the first cancel that
-    reaches it is taken back and turned into a TimeoutError, as aiohttp 3.14 does when its own
-    timeout fires in the same turn (see _SwallowsOneCancel). Everything else goes to the
-    session."""
-
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
-        self.swallowed = 0
-        self.entered = asyncio.Event()
+class _HoldsServerTime(_TakesBackOneCancel):
+    """Holds ``GET /v5/market/time`` (the clock resync the stream runs after a refused auth);
+    everything else goes to the session."""
 
     def get(self, url: Any, *args: Any, **kwargs: Any) -> Any:
         if "/v5/market/time" not in str(url):
@@ -1463,19 +1462,6 @@ class _HoldsServerTime:
 
     def post(self, *args: Any, **kwargs: Any) -> Any:
         return self._session.post(*args, **kwargs)
-
-    async def __aenter__(self) -> None:
-        self.entered.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            if self.swallowed:
-                raise
-            self.swallowed += 1
-            raise _taken_back() from None
-
-    async def __aexit__(self, *_: object) -> None:
-        return None
 
 
 async def test_aclose_ends_a_stream_whose_clock_resync_swallowed_the_cancel(
