@@ -13,7 +13,7 @@ import socket
 import pytest
 from aiohttp import web
 
-from bybit_cancel import CancelResult, _stream
+from bybit_cancel import BybitCancelClient, CancelResult, _stream
 from bybit_cancel.testing import FakeExchange
 
 from .conftest import client_tasks, make_client
@@ -225,6 +225,18 @@ def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRec
     return [r for r in caplog.records if text in r.getMessage()]
 
 
+async def _lose_the_stable_connection(
+    fx: FakeExchange, client: BybitCancelClient, caplog: pytest.LogCaptureFixture
+) -> list[logging.LogRecord]:
+    """Drop the connection that proved stable (after one "private stream closed" so far) and
+    wait for the reconnect; return the INFO "reconnected" records then."""
+    await fx.disconnect_all()
+    await wait_until(lambda: len(messages(caplog, "private stream closed")) == 2)
+    reconnects = client.reconnect_count
+    await wait_until(lambda: client.reconnect_count == reconnects + 1)
+    return [r for r in messages(caplog, "reconnected") if r.levelname == "INFO"]
+
+
 async def test_a_flapping_connection_is_one_outage(
     fx: FakeExchange, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -254,11 +266,7 @@ async def test_a_flapping_connection_is_one_outage(
             closed = messages(caplog, "private stream closed")
             back = [r for r in messages(caplog, "reconnected") if r.levelname == "INFO"]
             # The connection that stayed up is lost: a WARNING at once, and a new outage.
-            await fx.disconnect_all()
-            await wait_until(lambda: len(messages(caplog, "private stream closed")) == 2)
-            reconnects = client.reconnect_count
-            await wait_until(lambda: client.reconnect_count == reconnects + 1)
-            again = [r for r in messages(caplog, "reconnected") if r.levelname == "INFO"]
+            again = await _lose_the_stable_connection(fx, client, caplog)
     assert [r.levelname for r in closed] == ["WARNING"]
     assert len(losses) >= 6
     assert losses[0].levelname == "WARNING"
@@ -310,11 +318,7 @@ async def test_a_silent_gateway_is_one_outage_under_a_growing_backoff(
             back = [r for r in messages(caplog, "reconnected") if r.levelname == "INFO"]
             # The connection that proved stable is lost: a WARNING at once, a new outage, and
             # the backoff starts over.
-            await fx.disconnect_all()
-            await wait_until(lambda: len(messages(caplog, "private stream closed")) == 2)
-            reconnects = client.reconnect_count
-            await wait_until(lambda: client.reconnect_count == reconnects + 1)
-            again = [r for r in messages(caplog, "reconnected") if r.levelname == "INFO"]
+            again = await _lose_the_stable_connection(fx, client, caplog)
     assert [r.levelname for r in closed] == ["WARNING"]
     # Every silent connection is a failed attempt: no "private stream silent" line of its own.
     assert silent == losses and len(losses) >= 4
