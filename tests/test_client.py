@@ -357,20 +357,31 @@ async def test_an_on_ack_that_cannot_be_called_is_refused_before_the_cancel(
     assert len(fx.requests) == before and fx.order(o.order_id).status == "New"
 
 
+async def _async_on_ack(order_id: str, order_link_id: str) -> None:
+    raise AssertionError("never run")
+
+
+class _AsyncCall:
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    async def __call__(self, order_id: str, order_link_id: str) -> None:
+        self.ran.append(order_id)
+
+
+@pytest.mark.parametrize(
+    "on_ack", [_async_on_ack, _AsyncCall()], ids=["async-def", "async-dunder-call"]
+)
 async def test_an_async_on_ack_is_refused_before_the_cancel(
-    fx: FakeExchange, client: BybitCancelClient
+    fx: FakeExchange, client: BybitCancelClient, on_ack: object
 ) -> None:
     """on_ack is called synchronously: an `async def` one was called, its coroutine dropped
     unawaited (a RuntimeWarning at best), and the caller's code never ran, though the order was
-    cancelled. It is refused before anything is sent."""
+    cancelled. It is refused before anything is sent; so is an object whose ``__call__`` is
+    ``async def`` (iscoroutinefunction of the object itself says no)."""
     o = fx.seed_order()
-    ran: list[str] = []
-
-    async def on_ack(order_id: str, order_link_id: str) -> None:
-        ran.append(order_id)
-
     before = len(fx.requests)
-    with pytest.raises(ValueError, match="on_ack"):
+    with pytest.raises(ValueError, match="on_ack is called synchronously"):
         await asyncio.wait_for(
             client.cancel_order(
                 category="linear",
@@ -726,34 +737,6 @@ async def test_an_unreadable_push_does_not_outlive_bybits_readable_answer(
         result = await client.cancel_order(category="linear", symbol="BTCUSDT", order_id=o.order_id)
     assert result.status is OrderStatus.CANCELLED and result.source == "rest"
     assert result.cum_exec_qty == 0
-
-
-class _AsyncCall:
-    def __init__(self) -> None:
-        self.ran: list[str] = []
-
-    async def __call__(self, order_id: str, order_link_id: str) -> None:
-        self.ran.append(order_id)
-
-
-async def test_an_object_with_an_async_call_is_refused_as_on_ack(
-    fx: FakeExchange, client: BybitCancelClient
-) -> None:
-    """An object whose ``__call__`` is ``async def`` is an async on_ack too: refused before
-    anything is sent (iscoroutinefunction of the object itself says no)."""
-    o = fx.seed_order()
-    before = len(fx.requests)
-    with pytest.raises(ValueError, match="on_ack is called synchronously"):
-        await asyncio.wait_for(
-            client.cancel_order(
-                category="linear",
-                symbol="BTCUSDT",
-                order_id=o.order_id,
-                on_ack=_AsyncCall(),  # type: ignore[arg-type]
-            ),
-            5,
-        )
-    assert len(fx.requests) == before and fx.order(o.order_id).status == "New"
 
 
 async def test_an_on_ack_returning_a_coroutine_is_a_clear_error(
