@@ -11,6 +11,7 @@ import random
 import socket
 import sys
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -828,6 +829,14 @@ async def test_seeded_chaos_200_concurrent(
             [f for f in fx.fault_log if f[0] == o.order_id],
         )
         assert r.status.is_final
+        # The quantities too, and the ids and place: the final state's, not an earlier push's.
+        assert (r.order_link_id, r.category, r.symbol) == (
+            o.order_link_id,
+            o.category,
+            "BTCUSDT",
+        )
+        assert r.cum_exec_qty == Decimal(truth.cum_exec_qty), (r, truth)
+        assert r.leaves_qty == (Decimal(truth.leaves_qty) if truth.leaves_qty else None), (r, truth)
     assert len(fx.fault_log) > 30  # faults really fired
     assert client_tasks() == []
     assert SECRET not in caplog.text
