@@ -480,14 +480,16 @@ class PrivateStream:
         # The INFO that ends an outage whose connections were lost before they proved stable,
         # logged once the last one has (at its timer, or at its first pong if that comes later,
         # or at its loss if that comes first), dropped if it is lost before.
-        settled: list[Callable[[], None]] = []
+        deferred: Callable[[], None] | None = None
         timer: asyncio.TimerHandle | None = None
 
         def settle() -> None:
+            nonlocal deferred
+            info, deferred = deferred, None
             # (Not once close() has begun: its timer or the first pong may come in the turn
             # before this task's finally drops them.)
-            if settled and self.state is not ConnectionState.CLOSED:
-                settled.pop()()
+            if info is not None and self.state is not ConnectionState.CLOSED:
+                info()
 
         def stayed_up() -> None:  # the timer, stable_for after the connection came up
             if self._answered:
@@ -514,7 +516,7 @@ class PrivateStream:
                         timer = None
                     if stable:
                         settle()  # (lost just as it proved stable, before its timer ran)
-                    settled.clear()
+                    deferred = None
                     # Only a stable connection resets the backoff: one dropped right after its
                     # handshake, or silent from then on, meets the growing backoff (§3
                     # Connection limits: "do not frequently connect and disconnect").
@@ -536,12 +538,6 @@ class PrivateStream:
                         outage.lost(down_since, attempt, up_for, closed)
                 if outage is None:  # (a stream task started without a connection)
                     outage = _Outage(loop.time())
-                if self.state is ConnectionState.CLOSED:
-                    # close() cancelled this task and the cancel was taken back on its way:
-                    # aiohttp does when its own timeout fires in the same turn (a clock resync's
-                    # request then fails as timed out, a failed attempt to this loop).
-                    # Reconnecting on would keep close() waiting for ever.
-                    return
                 self.state = ConnectionState.RECONNECTING
                 attempt += 1
                 # Full jitter; the first retry comes quickly, later ones spread out (Bybit: "Do
@@ -566,8 +562,11 @@ class PrivateStream:
                     # a redirect of the stream does not stop; only a refused auth (REST signs with
                     # the same key) proves the client cannot work.
                     if self.state is ConnectionState.CLOSED:
-                        # close()'s cancel, taken back on its way (see above): the attempt
-                        # failed because the client is closing, which is no outage to log.
+                        # close() cancelled this task and the cancel was taken back on its way:
+                        # aiohttp does when its own timeout fires in the same turn (a clock
+                        # resync's request then fails as timed out). The attempt failed because
+                        # the client is closing: no outage to log, and reconnecting on would
+                        # keep close() waiting for ever.
                         return
                     now = loop.time()
                     banned = _ip_banned(exc)
@@ -580,7 +579,7 @@ class PrivateStream:
                 up_since = loop.time()
                 back = outage.reconnected(up_since, attempt, self.conn_id, stable_for)
                 if back is not None:
-                    settled.append(back)
+                    deferred = back
                     timer = loop.call_at(up_since + stable_for, stayed_up)
                 self._on_reconnected(back is None)
         finally:
@@ -715,7 +714,7 @@ class _Outage:
     def __init__(self, since: float) -> None:
         self.since = since
         self.attempts = 0  # failed so far (connections lost before they proved stable included)
-        self.lost_soon = 0  # connections lost before they proved stable
+        self.unproven = 0  # connections lost before they proved stable
         self._resynced = False  # a refused auth has made an attempt resync the clock
         self._failure = ""  # the last failure's message, timings masked (_TIMINGS)
         self._warned = since  # when the last WARNING was logged
@@ -774,7 +773,7 @@ class _Outage:
         """Log the loss of the connection that reconnect ``attempt`` made, ``up_for`` seconds
         after it came up, before it proved stable (too soon, or before it answered a ping: it
         did not end the outage); ``closed``: how it ended."""
-        self.lost_soon += 1
+        self.unproven += 1
         # (Its time is masked as the handshake's are: losses that differ only there are one.)
         error = f"connection lost {up_for:.2f}s after it came up: {closed}"
         self.failed(now, attempt, error, banned=False)
@@ -795,11 +794,11 @@ class _Outage:
             _duration(now - self.since),
             _attempts(self.attempts + 1),
         )
-        if not self.lost_soon:
+        if not self.unproven:
             log.info(message, *args)
             return None
         log.debug("%s; not yet stable (reconnect %d)", message % args, attempt)
-        lost = "1 connection" if self.lost_soon == 1 else f"{self.lost_soon} connections"
+        lost = "1 connection" if self.unproven == 1 else f"{self.unproven} connections"
         stable = (
             message + " (%s lost before proving stable; this one has stayed up %s and answered a "
             "ping)",
