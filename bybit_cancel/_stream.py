@@ -266,7 +266,7 @@ class PrivateStream:
                 # close() cancelled the connect and the HTTP layer took that cancel back, failing
                 # the clock resync it reached instead (aiohttp does when its own timeout fires in
                 # the same turn): the connect failed because the client closed.
-                raise ClientClosedError("the client was closed while it was connecting") from exc
+                raise ClientClosedError("the client was closed while it was connecting") from None
             if self.state is ConnectionState.CONNECTING:
                 self.state = ConnectionState.DISCONNECTED
             raise

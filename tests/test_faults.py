@@ -1554,6 +1554,9 @@ async def test_aclose_during_opens_clock_resync_is_a_closed_client(
             assert holder.swallowed == 1
             error = opening.exception()
             assert isinstance(error, ClientClosedError), repr(error)
+            # (Shown as the close it is, not as the resync's timeout: as the other close during
+            # a connect, it names no cause.)
+            assert error.__cause__ is None and error.__suppress_context__
             assert client.connection_state is ConnectionState.CLOSED
         finally:
             fx.refuse_auth = False
