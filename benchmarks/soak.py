@@ -518,8 +518,20 @@ def report(
         "loop timers armed net of them",
         [None if s.loop_timers is None else s.loop_timers - s.pool for s in after],
     )
-    for key in ("by_id", "by_link", "last", "interrupting", "old_reconciles", "slot_waiters"):
-        spread(f"client {key}", [s.sizes[key] for s in after])
+    # (A list, not all() over a generator: every line is printed.)
+    ok_indexes = all(
+        [
+            spread(f"client {key}", [s.sizes[key] for s in after])
+            for key in (
+                "by_id",
+                "by_link",
+                "last",
+                "interrupting",
+                "old_reconciles",
+                "slot_waiters",
+            )
+        ]
+    )
     spread("client timer items (stale incl.)", [s.sizes["timer_items"] for s in after])
     spread("client memory of final states", [s.sizes["remembered"] for s in after])
     spread("fake tasks", [s.fake["tasks"] for s in after])
@@ -545,6 +557,7 @@ def report(
         f"   {verdict(ok_tasks)} tasks flat   {verdict(ok_fds)} fds flat"
         f"   {verdict(ok_pool)} HTTP connections <= {POOL_LIMIT}"
         f"   {verdict(ok_pending and ok_timers and ok_loop)} pending and timers flat"
+        f"   {verdict(ok_indexes)} client indexes flat"
     )
     rss_line = f"{verdict(ok_rss)} RSS slope < {a.rss_slope:g} KiB/window"
     if a.tracemalloc:
@@ -559,6 +572,7 @@ def report(
         and ok_pending
         and ok_timers
         and ok_loop
+        and ok_indexes
         and (ok_rss and ok_traced and ok_logs)
     )
 

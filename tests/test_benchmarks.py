@@ -108,6 +108,7 @@ def test_soak() -> None:
     )
     assert "RSS KiB" in out and "tracemalloc slope" in out and "open fds net of them" in out, out
     assert "PASS every cancel correct, none hung" in out, out
+    assert "client indexes flat" in out, out
     assert_verdicts(out, 3)
 
 
